@@ -9,7 +9,7 @@ setup(
     long_description=Path(__file__).with_name('README.md').read_text(),
     long_description_content_type='text/markdown',
     packages=find_packages(include=['unas_zoo', 'unas_zoo.*']),
-    package_data={'unas_zoo': ['genotypes/*.yaml', 'hparams/*.yaml']},
+    package_data={'unas_zoo': ['genotypes/*.yaml']},
     python_requires='>=3.10',
     install_requires=[
         # We build on timm internals (EfficientNet builder, build_model_with_cfg, timm.task): keep a tested range.

@@ -317,10 +317,15 @@ def available() -> list[str]:
     return sorted(p.name[:-5] for p in resources.files(_ZOO_DIR).iterdir() if p.name.endswith('.yaml'))
 
 
-def load(name_or_path: str | os.PathLike | Genotype) -> Genotype:
-    """Load a zoo genotype by name, or a YAML file by path. A genotype object is returned unchanged."""
+def load(name_or_path: str | os.PathLike | dict | Genotype) -> Genotype:
+    """Load a zoo genotype by name, a YAML file by path, or a parsed dict (e.g. from a Hub ``config.json``).
+
+    A genotype object is returned unchanged, so every API taking ``genotype=`` accepts all four forms.
+    """
     if isinstance(name_or_path, (DartsGenotype, MBConvGenotype)):
         return name_or_path
+    if isinstance(name_or_path, dict):
+        return from_dict(name_or_path, '<genotype dict>')
     text_name = str(name_or_path)
     if text_name in available():
         source = resources.files(_ZOO_DIR) / f'{text_name}.yaml'
