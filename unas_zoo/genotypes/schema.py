@@ -317,6 +317,16 @@ def available() -> list[str]:
     return sorted(p.name[:-5] for p in resources.files(_ZOO_DIR).iterdir() if p.name.endswith('.yaml'))
 
 
+def _yaml_error_line(error: yaml.YAMLError) -> str:
+    """One line for a YAML error: where it is and what is wrong (PyYAML's own message spans several lines)."""
+    mark = getattr(error, 'problem_mark', None)
+    where = f' at line {mark.line + 1}, column {mark.column + 1}' if mark is not None else ''
+    detail = ' '.join(filter(None, (getattr(error, 'context', None), getattr(error, 'problem', None)))) or str(error)
+    refused_tag = isinstance(error, yaml.constructor.ConstructorError)
+    hint = ' (tags that build Python objects are refused)' if refused_tag else ''
+    return f"not valid YAML{where}: {' '.join(detail.split())}{hint}"
+
+
 def load(name_or_path: str | os.PathLike | dict | Genotype) -> Genotype:
     """Load a zoo genotype by name, a YAML file by path, or a parsed dict (e.g. from a Hub ``config.json``).
 
@@ -335,11 +345,16 @@ def load(name_or_path: str | os.PathLike | dict | Genotype) -> Genotype:
         if not path.is_file():
             raise GenotypeError(f'{text_name}: no such genotype file and no zoo genotype of that name; '
                                 f'zoo genotypes are {available()}')
-        text, label = path.read_text(), str(path)
+        label = str(path)
+        try:
+            text = path.read_text(encoding='utf-8')
+        except UnicodeDecodeError as e:
+            raise GenotypeError(f'{label}: not a UTF-8 text file (byte {e.start}); a genotype is a YAML text file') \
+                from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise GenotypeError(f'{label}: not valid YAML (tags that build Python objects are refused): {e}') from None
+        raise GenotypeError(f'{label}: {_yaml_error_line(e)}') from None
     genotype = from_dict(data, label)
     if genotype.name is None:
         genotype = dataclasses.replace(genotype, name=Path(text_name).stem)
