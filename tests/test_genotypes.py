@@ -293,7 +293,7 @@ MALFORMED = [
     ('unknown_space', mutated(DARTS, set_at('space', 'nasnet')),
      ['space', "'nasnet'", "allowed values are ['darts', 'mbconv']"]),
     ('missing_space', mutated(DARTS, delete('space')),
-     ['space', 'None', "allowed values are ['darts', 'mbconv']"]),
+     ['missing key', 'space', "allowed values are ['darts', 'mbconv']"]),
     ('name_not_a_string', mutated(DARTS, set_at('name', 42)),
      ['name', 'expected a non-empty string', '42']),
     ('provenance_not_a_mapping', mutated(DARTS, set_at('provenance', 'the paper')),

@@ -252,9 +252,16 @@ def _parse_backbone(check: _Checker, data: Any) -> MBConvBackbone:
         where = f'backbone.{key}'
         if isinstance(default, tuple):
             value = tuple(check.integer(v, where, 1) for v in check.sequence(value, where))
+            if not value:
+                raise check.fail(where, 'must have at least one entry')
         elif key == 'act':
             value = check.choice(value, where, MBCONV_ACTS)
         elif key == 'bn_eps':
+            if isinstance(value, str):  # YAML 1.1 reads '1e-3' (no dot) as a string
+                try:
+                    value = float(value)
+                except ValueError:
+                    pass
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
                 raise check.fail(where, f'expected a float in (0, 1), got {value!r}')
             value = float(value)
@@ -289,7 +296,9 @@ def from_dict(data: Any, source: str = '<dict>') -> Genotype:
         raise check.fail('', 'empty genotype (no YAML document)')
     if not isinstance(data, dict):
         raise check.fail('', f'expected a mapping at the top level, got {type(data).__name__}')
-    space = check.choice(data.get('space'), 'space', ('darts', 'mbconv'))
+    if 'space' not in data:
+        raise check.fail('', "missing key 'space'; allowed values are ['darts', 'mbconv']")
+    space = check.choice(data['space'], 'space', ('darts', 'mbconv'))
     meta_keys = {'name', 'provenance', 'metrics'}
     if space == 'darts':
         check.mapping(data, '', {'space', 'normal', 'reduce'}, meta_keys)
