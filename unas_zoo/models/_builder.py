@@ -1,0 +1,108 @@
+"""Pieces shared by the zoo's timm entrypoints: default cfgs, the genotype kwarg, weight availability.
+
+Weights for every zoo model are to be published on the Hugging Face Hub under ``HF_HUB_ORG``; until a model is in
+``PUBLISHED_WEIGHTS`` asking for them fails here with a clear message instead of an offline/404 traceback from the Hub.
+Local weights always load: ``pretrained=True, pretrained_cfg_overlay=dict(file='model.safetensors')``.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.models import resolve_pretrained_cfg
+from torch import nn
+
+from ..genotypes import DartsGenotype, Genotype, GenotypeError, MBConvGenotype, load
+
+__all__ = [
+    'HF_HUB_ORG', 'PUBLISHED_WEIGHTS', 'CIFAR10_MEAN', 'CIFAR10_STD', 'CIFAR100_MEAN', 'CIFAR100_STD',
+    'WeightsNotPublishedError', 'cifar_cfg', 'imagenet_cfg', 'resolve_genotype', 'check_pretrained_available',
+    'attach_genotype', 'export_model_args',
+]
+
+HF_HUB_ORG = 'unas-zoo'
+# Model names whose weights are on the Hub under HF_HUB_ORG; add a name once its weights are pushed.
+PUBLISHED_WEIGHTS: frozenset[str] = frozenset()
+
+# Entrypoints whose architecture comes from the genotype= kwarg (the named ones fix it).
+_GENERIC_ENTRYPOINTS = ('darts_cell_cifar', 'darts_cell_imagenet', 'mbconv_net')
+
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
+CIFAR100_STD = (0.2673, 0.2564, 0.2762)
+
+
+class WeightsNotPublishedError(RuntimeError):
+    """``pretrained=True`` asked for Hub weights that have not been published yet."""
+
+
+def _cfg(model_name: str, **kwargs: Any) -> dict[str, Any]:
+    return dict(hf_hub_id=f'{HF_HUB_ORG}/{model_name}', interpolation='bicubic', **kwargs)
+
+
+def cifar_cfg(model_name: str, num_classes: int = 10, **kwargs: Any) -> dict[str, Any]:
+    """A 32x32 CIFAR cfg (no resize crop); the final cell runs at 8x8."""
+    mean, std = (CIFAR100_MEAN, CIFAR100_STD) if num_classes == 100 else (CIFAR10_MEAN, CIFAR10_STD)
+    return _cfg(model_name, num_classes=num_classes, input_size=(3, 32, 32), pool_size=(8, 8), crop_pct=1.0,
+                mean=mean, std=std, first_conv='stem.0', classifier='head.fc', **kwargs)
+
+
+def imagenet_cfg(model_name: str, **kwargs: Any) -> dict[str, Any]:
+    """A 224x224 ImageNet cfg; the final features are 7x7."""
+    kwargs.setdefault('first_conv', 'stem0.0')
+    kwargs.setdefault('classifier', 'head.fc')
+    return _cfg(model_name, num_classes=1000, input_size=(3, 224, 224), pool_size=(7, 7), crop_pct=0.875,
+                mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD, **kwargs)
+
+
+def resolve_genotype(genotype: str | os.PathLike | dict | Genotype, space: type, model_name: str) -> Genotype:
+    """Load ``genotype`` (zoo name, YAML path, dict or Genotype) and check it belongs to the model's search space."""
+    genotype = load(genotype)
+    if not isinstance(genotype, space):
+        wanted = 'darts' if space is DartsGenotype else 'mbconv'
+        raise GenotypeError(f'{model_name}: needs a {wanted!r} genotype, got {genotype.space!r} genotype '
+                            f'{genotype.name or ""!r}'.rstrip())
+    return genotype
+
+
+def check_pretrained_available(variant: str, pretrained: bool, pretrained_cfg: Any = None,
+                               pretrained_cfg_overlay: dict | None = None) -> None:
+    """Fail early and clearly when ``pretrained=True`` would fetch Hub weights that are not published yet."""
+    if not pretrained:
+        return
+    cfg = resolve_pretrained_cfg(variant, pretrained_cfg=pretrained_cfg, pretrained_cfg_overlay=pretrained_cfg_overlay)
+    # A file, state dict or URL, an explicit 'hf-hub:' / 'local-dir:' model name or another Hub repo: not ours to judge.
+    explicit = cfg.file or cfg.state_dict is not None or cfg.url or cfg.source in ('hf-hub', 'local-dir')
+    if explicit or (cfg.hf_hub_id and not cfg.hf_hub_id.startswith(f'{HF_HUB_ORG}/')):
+        return
+    if variant not in PUBLISHED_WEIGHTS:
+        raise WeightsNotPublishedError(
+            f'{variant}: no pretrained weights are published yet (they will be at hf-hub:{cfg.hf_hub_id}). '
+            f"Use pretrained=False, or load a local file: pretrained=True, "
+            f"pretrained_cfg_overlay=dict(file='model.safetensors').")
+
+
+def attach_genotype(model: nn.Module, genotype: Genotype) -> nn.Module:
+    """Record the genotype on a built model (a feature wrapper records it too) so it can be saved and rebuilt."""
+    model.genotype = genotype
+    inner = getattr(model, 'model', None)  # timm's FeatureGetterNet keeps the network as .model
+    if isinstance(inner, nn.Module):
+        inner.genotype = genotype
+    return model
+
+
+def export_model_args(model: nn.Module) -> dict[str, Any]:
+    """JSON-serialisable kwargs that rebuild a generic-entrypoint model: ``create_model(arch, **args)``.
+
+    Pass them as ``model_args=`` to timm's ``push_to_hub`` / ``save_config_for_hf``; the genotype goes in as a plain
+    dict, so the Hub ``config.json`` alone rebuilds the network.
+    """
+    genotype = getattr(model, 'genotype', None)
+    if not isinstance(genotype, (DartsGenotype, MBConvGenotype)):
+        raise ValueError(f'{type(model).__name__} carries no genotype; build it with a unas_zoo entrypoint')
+    args = {k: v for k, v in getattr(model, '_model_args', {}).items() if k != 'genotype'}
+    if model.pretrained_cfg.get('architecture') in _GENERIC_ENTRYPOINTS:
+        args['genotype'] = genotype.to_dict()
+    return args
