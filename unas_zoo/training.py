@@ -1,0 +1,802 @@
+"""Training and validation of zoo models on timm's components.
+
+timm provides the optimizer (``create_optimizer_v2``), the schedule (``create_scheduler_v2``), the loss
+(``create_classification_loss``), EMA (``ModelEmaV3`` through ``timm.task``), checkpoints (``CheckpointSaver``,
+``resume_task_checkpoint``), AMP (``NativeScaler``), distributed set-up and the evaluator. What this module adds is what
+the DARTS-family retraining recipe needs beyond them: the auxiliary-head loss, the linearly ramped drop-path rate,
+cutout, the CIFAR pad-and-crop augmentation, config files that reject unknown keys, and checkpoints that carry the
+genotype itself so that validation and the Hub export need no YAML file.
+
+``train.py`` and ``validate.py`` are thin wrappers around :func:`train_main` and :func:`validate_main`.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import difflib
+import io
+import json
+import logging
+import os
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import timm
+import torch
+import torch.nn as nn
+import yaml
+from timm.data import create_transform, resolve_data_config
+from timm.data.distributed_sampler import OrderedDistributedSampler
+from timm.models import load_state_dict, parse_model_name, safe_model_name, split_model_name_tag
+from timm.optim import create_optimizer_v2
+from timm.scheduler import create_scheduler_v2
+from timm.task import ClassificationEvaluator, ClassificationTask, evaluation_sample_limit, resume_task_checkpoint
+from timm.task import load_task_ema_checkpoint
+from timm.utils import (
+    CheckpointSaver, NativeScaler, ParseKwargs, dispatch_clip_grad, random_seed,
+    unwrap_model, update_summary,
+)
+from timm.utils.checkpoint_saver import load_checkpoint_metadata
+from timm.utils.distributed import init_distributed_device_so
+from torch.utils.data import DataLoader, DistributedSampler
+from torchvision import transforms as T
+
+from .complexity import complexity, mobile_setting
+from .data import DatasetError, create_dataset, dataset_info
+from .genotypes import GenotypeError, load as load_genotype
+from .latency import LatencyError, TimingSpec, device_name, time_model
+from .models._builder import WeightsNotPublishedError
+
+__all__ = [
+    'TrainingError', 'Cutout', 'AuxClassificationTask', 'train_parser', 'parse_train_args', 'load_config',
+    'check_model_name', 'resolve_model_kwargs', 'create_model', 'load_weights', 'read_checkpoint_args',
+    'set_drop_path', 'build_transform', 'create_loader', 'evaluate', 'train', 'train_main',
+    'validate_parser', 'validate', 'write_results', 'read_results', 'validate_main', 'USER_ERRORS',
+]
+
+_logger = logging.getLogger(__name__)
+
+# Datasets stored as small images (32x32): trained with the CIFAR recipe (pad, crop, flip), not ImageNet's.
+_SMALL_IMAGE_DATASETS = ('digits', 'cifar10', 'cifar100')
+
+
+class TrainingError(ValueError):
+    """Bad input to training or validation (config, model name, checkpoint); the message says what and where."""
+
+
+# Errors caused by the user's input: reported as one line by the CLIs, never as a traceback.
+USER_ERRORS = (TrainingError, DatasetError, GenotypeError, LatencyError)
+
+
+# ------------------------------------------------------------------------------------------------------- transforms
+
+class Cutout:
+    """Zero one ``length`` x ``length`` square at a random centre of a CHW tensor, clipped at the borders.
+
+    DeVries & Taylor's cutout as the DARTS family uses it (timm's RandomErasing picks a random-shaped box instead).
+    """
+
+    def __init__(self, length: int):
+        self.length = length
+
+    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        h, w = img.shape[-2:]
+        cy, cx = torch.randint(h, ()).item(), torch.randint(w, ()).item()
+        y0, y1 = max(0, cy - self.length // 2), min(h, cy + self.length // 2)
+        x0, x1 = max(0, cx - self.length // 2), min(w, cx + self.length // 2)
+        img = img.clone()
+        img[..., y0:y1, x0:x1] = 0.0
+        return img
+
+    def __repr__(self) -> str:
+        return f'{type(self).__name__}(length={self.length})'
+
+
+def build_transform(
+        dataset: str,
+        is_training: bool,
+        *,
+        image_size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        cutout: int = 0,
+        hflip: float = 0.5,
+        crop_padding: int = 4,
+        color_jitter: float = 0.0,
+        crop_pct: float | None = None,
+        interpolation: str = 'bilinear',
+) -> Callable:
+    """Small-image datasets: the CIFAR recipe (pad + random crop, flip); ImageFolder: timm's ``create_transform``."""
+    if dataset in _SMALL_IMAGE_DATASETS:
+        ops: list[Callable] = [T.Resize(image_size)] if image_size != dataset_info(dataset)['image_size'] else []
+        if is_training:
+            if crop_padding:
+                ops.append(T.RandomCrop(image_size, padding=crop_padding))
+            if hflip > 0:
+                ops.append(T.RandomHorizontalFlip(hflip))
+        ops += [T.ToTensor(), T.Normalize(mean, std)]
+    else:
+        ops = [create_transform(
+            (3, image_size, image_size), is_training=is_training, hflip=hflip, color_jitter=color_jitter or None,
+            mean=mean, std=std, crop_pct=crop_pct, interpolation=interpolation)]
+    if is_training and cutout > 0:
+        ops.append(Cutout(cutout))
+    return T.Compose(ops)
+
+
+# ----------------------------------------------------------------------------------------------------------- models
+
+def check_model_name(name: str) -> None:
+    """Refuse an unknown model name before anything is built, suggesting close timm/zoo names."""
+    source, model_id = parse_model_name(name)
+    if source == 'local-dir':
+        if not (Path(model_id) / 'config.json').is_file():
+            raise TrainingError(f'{name}: no config.json in {model_id} (a folder written by '
+                                f'`python -m unas_zoo.hub save` or timm.models.save_for_hf)')
+        return
+    if source:  # hf-hub: resolved (and checked) by timm when it downloads config.json
+        return
+    arch = split_model_name_tag(model_id)[0]
+    if not timm.is_model(arch):
+        close = difflib.get_close_matches(arch, timm.list_models(), n=5, cutoff=0.6)
+        hint = f'; did you mean {", ".join(close)}?' if close else '; list them with timm.list_models()'
+        raise TrainingError(f'unknown model {name!r}{hint}')
+
+
+def resolve_model_kwargs(model_kwargs: dict | None) -> dict:
+    """Replace a ``genotype`` name or path by the genotype's dict, so checkpoints and Hub configs carry it."""
+    kwargs = dict(model_kwargs or {})
+    if 'genotype' in kwargs:
+        # Through JSON: plain types only (e.g. dates in a provenance become text), as weights_only loading needs.
+        kwargs['genotype'] = json.loads(json.dumps(load_genotype(kwargs['genotype']).to_dict(), default=str))
+    return kwargs
+
+
+def create_model(
+        name: str,
+        *,
+        pretrained: bool = False,
+        num_classes: int | None = None,
+        model_kwargs: dict | None = None,
+        aux_logits: bool = False,
+        drop_rate: float | None = None,
+        drop_path_rate: float | None = None,
+) -> nn.Module:
+    """``timm.create_model`` with checked names and one-line errors; ``aux_logits`` only asked for when wanted."""
+    check_model_name(name)
+    kwargs = resolve_model_kwargs(model_kwargs)
+    if aux_logits:
+        kwargs['aux_logits'] = True
+    try:
+        return timm.create_model(
+            name, pretrained=pretrained, num_classes=num_classes, drop_rate=drop_rate or None,
+            drop_path_rate=drop_path_rate or None, **kwargs)
+    except TypeError as e:  # an argument the entrypoint / model class does not take
+        hint = ' (this model has no auxiliary head: set aux_weight 0)' if 'aux_logits' in str(e) else ''
+        raise TrainingError(f'{name}: {e}{hint}') from e
+    except WeightsNotPublishedError as e:
+        raise TrainingError(str(e)) from e
+    except (OSError, RuntimeError) as e:
+        if not parse_model_name(name)[0]:
+            raise
+        # hf-hub: offline, no such repo or file; local-dir: no weights in the folder.
+        raise TrainingError(f'{name}: could not load it ({type(e).__name__}: {" ".join(str(e).split())})') from e
+
+
+def _is_aux_key(key: str) -> bool:
+    return 'aux' in key.split('.')[0]
+
+
+def load_weights(model: nn.Module, checkpoint: str | os.PathLike, use_ema: bool = False) -> None:
+    """Load a checkpoint's weights (tensors only: ``weights_only=True`` / safetensors) into ``model``.
+
+    An auxiliary head in the checkpoint is dropped when ``model`` has none (it is training-only). Any other mismatch
+    is refused with the missing, unexpected and mis-shaped keys named.
+    """
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise TrainingError(f'checkpoint {path}: no such file')
+    try:
+        state = load_state_dict(str(path), use_ema=use_ema)
+    except RuntimeError as e:
+        if 'weights_only' in str(e):
+            detail = str(e).partition('Unsupported globals:')[2].partition(' No automatic')[0].strip(' .')
+            raise TrainingError(
+                f'checkpoint {path} refused: it holds pickled Python objects ({detail or "besides tensors"}) and '
+                f'only tensors are loaded (torch.load weights_only=True); re-save its state_dict or use '
+                f'safetensors') from e
+        raise TrainingError(f'checkpoint {path}: cannot be read ({" ".join(str(e).split())})') from e
+    except Exception as e:  # noqa: BLE001 -- e.g. not a torch / safetensors file at all
+        raise TrainingError(f'checkpoint {path}: cannot be read ({type(e).__name__}: {e})') from e
+    expected = model.state_dict()
+    state = {k: v for k, v in state.items() if k in expected or not _is_aux_key(k)}
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    shapes = sorted(k for k in set(state) & set(expected) if tuple(state[k].shape) != tuple(expected[k].shape))
+    if missing or unexpected or shapes:
+        def some(keys):
+            return f'{len(keys)} ({", ".join(keys[:6])}{", ..." if len(keys) > 6 else ""})'
+        raise TrainingError(
+            f'checkpoint {path} does not fit this model ({type(model).__name__}): missing keys {some(missing)}, '
+            f'unexpected keys {some(unexpected)}, different shapes {some(shapes)}; '
+            f'was it trained with another --model / --model-kwargs / --num-classes?')
+    model.load_state_dict(state)
+
+
+def read_checkpoint_args(checkpoint: str | os.PathLike) -> dict:
+    """The training arguments stored in a train.py checkpoint ({} for plain state dicts or safetensors)."""
+    if str(checkpoint).endswith('.safetensors') or not Path(checkpoint).is_file():
+        return {}
+    try:
+        meta = load_checkpoint_metadata(str(checkpoint))
+    except Exception:  # noqa: BLE001 -- unreadable here: load_weights reports why
+        return {}
+    args = meta.get('args') if isinstance(meta, dict) else None
+    return dict(vars(args)) if isinstance(args, argparse.Namespace) else {}
+
+
+def set_drop_path(model: nn.Module, rate: float, epoch: int, epochs: int) -> float | None:
+    """DARTS schedule: drop-path rate ``rate * epoch / epochs``, set on models that read it at forward time."""
+    model = unwrap_model(model)
+    if not hasattr(model, 'drop_path_rate'):
+        return None
+    model.drop_path_rate = rate * epoch / epochs
+    return model.drop_path_rate
+
+
+class AuxClassificationTask(ClassificationTask):
+    """Classification with an auxiliary head: loss = CE(logits) + ``aux_weight`` * CE(aux_logits).
+
+    Models built with ``aux_logits=True`` return ``(logits, aux_logits)`` in training mode and logits in eval mode.
+    """
+
+    def __init__(self, model: nn.Module, aux_weight: float = 0.4, **kwargs):
+        super().__init__(model, **kwargs)
+        self.aux_weight = aux_weight
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
+        output = self.trainable_module(input)
+        if not isinstance(output, (tuple, list)):
+            return {'loss': self.criterion(output, target), 'output': output}
+        output, aux_output = output
+        main_loss, aux_loss = self.criterion(output, target), self.criterion(aux_output, target)
+        return {'loss': main_loss + self.aux_weight * aux_loss, 'output': output, 'aux_loss': aux_loss}
+
+
+# ------------------------------------------------------------------------------------------------------------- args
+
+def _bool_flag(parser: argparse.ArgumentParser, name: str, help: str) -> None:
+    parser.add_argument(name, action=argparse.BooleanOptionalAction, default=False, help=help)
+
+
+def train_parser() -> argparse.ArgumentParser:
+    """train.py's arguments; names and meanings follow timm's train.py. Config files use the same names."""
+    p = argparse.ArgumentParser(
+        prog='train.py', description='Train a unas_zoo (or any timm) model with the DARTS-family retraining recipe.')
+    p.add_argument('-c', '--config', default='', help='YAML file of argument values (hparams/train_*.yaml)')
+    g = p.add_argument_group('model')
+    g.add_argument('--model', default=None, help='timm model name, e.g. unas_cifar10, darts_cell_cifar, mbconv_net')
+    g.add_argument('--model-kwargs', nargs='*', default={}, action=ParseKwargs,
+                   help='extra entrypoint arguments, e.g. genotype=search/genotype.yaml init_channels=36 layers=20')
+    _bool_flag(g, '--pretrained', 'start from pretrained weights (hf-hub: / local-dir: names)')
+    g.add_argument('--num-classes', type=int, default=None, help='classifier size (default: from the dataset)')
+    g.add_argument('--img-size', type=int, default=None, help='image size (default: the dataset\'s / model\'s)')
+    g.add_argument('--drop', type=float, default=0.0, help='dropout before the classifier')
+    g.add_argument('--drop-path', type=float, default=0.0, help='final drop-path rate (ramped from 0 over epochs)')
+    g.add_argument('--aux-weight', type=float, default=0.0, help='auxiliary-head loss weight (0 = no aux head)')
+    g = p.add_argument_group('data')
+    g.add_argument('--data-dir', default=None, help='dataset folder (not needed for digits)')
+    g.add_argument('--dataset', default='digits', help='digits | cifar10 | cifar100 | imagefolder')
+    _bool_flag(g, '--download', 'download CIFAR into --data-dir when missing')
+    g.add_argument('--train-split', default='train', help='split to train on')
+    g.add_argument('--val-split', default='val', help='split evaluated after each epoch (digits/CIFAR: the test set)')
+    g.add_argument('-b', '--batch-size', type=int, default=128, help='batch size per process')
+    g.add_argument('-vb', '--validation-batch-size', type=int, default=None)
+    g.add_argument('-j', '--workers', type=int, default=2, help='data loading processes per training process')
+    g.add_argument('--cutout', type=int, default=0, help='cutout square size (0 = off); the CIFAR recipe uses 16')
+    g.add_argument('--hflip', type=float, default=0.5, help='horizontal flip probability')
+    g.add_argument('--crop-padding', type=int, default=4, help='small-image datasets: padding of the random crop')
+    g.add_argument('--color-jitter', type=float, default=0.0, help='imagefolder: colour jitter factor')
+    g = p.add_argument_group('optimization')
+    g.add_argument('--epochs', type=int, default=10)
+    g.add_argument('--opt', default='sgd', help='timm optimizer name')
+    g.add_argument('--momentum', type=float, default=0.9)
+    g.add_argument('--weight-decay', type=float, default=3e-4)
+    g.add_argument('--lr', type=float, default=None, help='learning rate (default: lr-base scaled by batch size)')
+    g.add_argument('--lr-base', type=float, default=0.1, help='learning rate at --lr-base-size (linear scaling)')
+    g.add_argument('--lr-base-size', type=int, default=256, help='global batch size that --lr-base refers to')
+    g.add_argument('--sched', default='cosine', help='timm scheduler name')
+    g.add_argument('--min-lr', type=float, default=0.0)
+    g.add_argument('--warmup-epochs', type=int, default=0)
+    g.add_argument('--warmup-lr', type=float, default=1e-5)
+    g.add_argument('--smoothing', type=float, default=0.0, help='label smoothing')
+    g.add_argument('--clip-grad', type=float, default=None, help='gradient clipping value (norm by default)')
+    g.add_argument('--clip-mode', default='norm', choices=('norm', 'value', 'agc'))
+    _bool_flag(g, '--model-ema', 'keep an exponential moving average of the weights (timm ModelEmaV3)')
+    g.add_argument('--model-ema-decay', type=float, default=0.9998)
+    g = p.add_argument_group('run')
+    _bool_flag(g, '--amp', 'mixed precision (CUDA only)')
+    g.add_argument('--amp-dtype', default='float16', choices=('float16', 'bfloat16'))
+    _bool_flag(g, '--channels-last', 'channels_last memory layout')
+    g.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    g.add_argument('--seed', type=int, default=42)
+    g.add_argument('--output', default='output/train', help='folder that receives one sub-folder per run')
+    g.add_argument('--experiment', default='', help='name of the run folder (default: date-model)')
+    g.add_argument('--resume', default='', help='checkpoint to resume from (continues in its folder)')
+    g.add_argument('--checkpoint-hist', type=int, default=3, help='number of best checkpoints kept')
+    g.add_argument('--log-interval', type=int, default=50, help='batches between progress lines')
+    return p
+
+
+def _config_keys(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
+    return {a.dest: a for a in parser._actions if a.dest not in ('help', 'config')}
+
+
+def load_config(path: str | os.PathLike, parser: argparse.ArgumentParser) -> dict[str, Any]:
+    """Read a YAML config of ``parser``'s argument names; unknown keys and bad values are refused."""
+    path = Path(path)
+    if not path.is_file():
+        raise TrainingError(f'config {path}: no such file')
+    try:
+        data = yaml.safe_load(path.read_text(encoding='utf-8'))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise TrainingError(f'config {path}: not valid YAML ({" ".join(str(e).split())})') from e
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise TrainingError(f'config {path}: expected a mapping of argument names to values')
+    actions = _config_keys(parser)
+    config = {str(k).replace('-', '_'): v for k, v in data.items()}
+    unknown = sorted(set(config) - set(actions))
+    if unknown:
+        raise TrainingError(f'config {path}: unknown key(s) {", ".join(unknown)}; valid keys: '
+                            f'{", ".join(sorted(actions))}')
+    for key, value in config.items():
+        action = actions[key]
+        if action.type is not None and value is not None and not isinstance(value, (list, dict)):
+            try:
+                config[key] = value = action.type(value)
+            except (TypeError, ValueError) as e:
+                raise TrainingError(f'config {path}: {key}: {value!r} is not a valid {action.type.__name__}') from e
+        if action.choices is not None and value not in action.choices:
+            raise TrainingError(f'config {path}: {key}: {value!r} not allowed; allowed: {list(action.choices)}')
+        if isinstance(action, ParseKwargs) and not isinstance(value, dict):
+            raise TrainingError(f'config {path}: {key}: expected a mapping, e.g. {{genotype: unas_cifar10}}')
+    return config
+
+
+def parse_train_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Command line over config file over defaults (timm's two-stage parse); model_kwargs of both are merged."""
+    parser = train_parser()
+    config_parser = argparse.ArgumentParser(add_help=False)
+    config_parser.add_argument('-c', '--config', default='')
+    known, _ = config_parser.parse_known_args(argv)
+    config = load_config(known.config, parser) if known.config else {}
+    parser.set_defaults(**config)
+    args = parser.parse_args(argv)
+    if config.get('model_kwargs') and args.model_kwargs is not config['model_kwargs']:
+        args.model_kwargs = {**config['model_kwargs'], **args.model_kwargs}
+    if args.model is None:
+        raise TrainingError('no model given: pass --model (e.g. unas_cifar10) or a --config that sets model')
+    return args
+
+
+# ------------------------------------------------------------------------------------------------------------- data
+
+def _data_settings(dataset: str, model: nn.Module, img_size: int | None) -> dict[str, Any]:
+    """Image size, mean, std, crop_pct, interpolation: the dataset's for small images, the model's for ImageFolder."""
+    if dataset in _SMALL_IMAGE_DATASETS:
+        info = dataset_info(dataset)
+        return dict(image_size=img_size or info['image_size'], mean=info['mean'], std=info['std'], crop_pct=1.0,
+                    interpolation='bilinear')
+    config = resolve_data_config({'img_size': img_size} if img_size else {}, model=model)
+    return dict(image_size=config['input_size'][-1], mean=config['mean'], std=config['std'],
+                crop_pct=config['crop_pct'], interpolation=config['interpolation'])
+
+
+def create_loader(
+        dataset,
+        batch_size: int,
+        is_training: bool,
+        *,
+        workers: int = 0,
+        distributed: bool = False,
+        seed: int = 0,
+        pin_memory: bool = False,
+) -> DataLoader:
+    """A torch DataLoader; distributed runs shard with DistributedSampler (train) or timm's ordered sampler (eval)."""
+    sampler = None
+    if distributed:
+        sampler = DistributedSampler(dataset, shuffle=True, seed=seed) if is_training \
+            else OrderedDistributedSampler(dataset)
+    return DataLoader(
+        dataset, batch_size=batch_size, shuffle=is_training and sampler is None, sampler=sampler,
+        num_workers=workers, pin_memory=pin_memory, drop_last=is_training, persistent_workers=workers > 0)
+
+
+# ------------------------------------------------------------------------------------------------------------ loops
+
+def _autocast(device: torch.device, amp: bool, amp_dtype: str):
+    if amp and device.type == 'cuda':
+        return torch.autocast('cuda', dtype=getattr(torch, amp_dtype))
+    return contextlib.nullcontext()
+
+
+@torch.no_grad()
+def evaluate(
+        model: nn.Module,
+        loader: DataLoader,
+        device: torch.device | str = 'cpu',
+        *,
+        amp: bool = False,
+        amp_dtype: str = 'float16',
+        channels_last: bool = False,
+        distributed: bool = False,
+) -> dict[str, float]:
+    """Loss, top-1 and top-5 (percent) over ``loader`` with timm's ClassificationEvaluator."""
+    device = torch.device(device)
+    evaluator = ClassificationEvaluator(device, max_samples=evaluation_sample_limit(loader))
+    was_training = model.training
+    model.eval()
+    for images, target in loader:
+        images, target = images.to(device), target.to(device)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with _autocast(device, amp, amp_dtype):
+            output = model(images)
+        evaluator.update(output[0] if isinstance(output, (tuple, list)) else output, target)
+    model.train(was_training)
+    return dict(evaluator.compute(distributed=distributed))
+
+
+def _train_one_epoch(epoch, task, model, loader, optimizer, lr_scheduler, loss_scaler, device, args, num_updates):
+    task.train()
+    totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, examples
+    start = time.time()
+    for step, (images, target) in enumerate(loader):
+        images, target = images.to(device), target.to(device)
+        if args.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with _autocast(device, args.amp, args.amp_dtype):
+            result = task(images, target)
+        loss = result['loss']
+        optimizer.zero_grad(set_to_none=True)
+        if loss_scaler is not None:
+            loss_scaler(loss, optimizer, clip_grad=args.clip_grad, clip_mode=args.clip_mode,
+                        parameters=model.parameters())
+        else:
+            loss.backward()
+            if args.clip_grad:
+                dispatch_clip_grad(model.parameters(), args.clip_grad, mode=args.clip_mode)
+            optimizer.step()
+        num_updates += 1
+        task.update_ema(step=num_updates)
+        if lr_scheduler is not None:
+            lr_scheduler.step_update(num_updates=num_updates)
+        n = target.shape[0]
+        totals += torch.stack([loss.detach().double() * n, (result['output'].argmax(-1) == target).sum().double(),
+                               torch.tensor(n, dtype=torch.float64, device=device)])
+        if args.rank == 0 and args.log_interval and (step + 1) % args.log_interval == 0:
+            _logger.info(f'  epoch {epoch + 1} [{step + 1}/{len(loader)}] loss {loss.item():.4f}')
+    if args.distributed:
+        torch.distributed.all_reduce(totals)
+    loss_sum, correct, count = totals.tolist()
+    count = max(count, 1.0)
+    return {'loss': loss_sum / count, 'top1': 100.0 * correct / count,
+            'images_per_s': count / max(time.time() - start, 1e-9)}, num_updates
+
+
+def _prepare_output_dir(args: argparse.Namespace) -> Path:
+    if args.resume:
+        return Path(args.resume).resolve().parent
+    name = args.experiment or f'{datetime.now():%Y%m%d-%H%M%S}-{safe_model_name(args.model)}'
+    out = Path(args.output) / name
+    if (out / 'last.pth.tar').exists():
+        raise TrainingError(f'{out} already holds a run (last.pth.tar); pass --resume {out / "last.pth.tar"} to '
+                            f'continue it or another --experiment name')
+    return out
+
+
+def train(args: argparse.Namespace) -> dict[str, Any]:
+    """Train ``args.model`` on ``args.dataset``; every input is checked before the run folder is written.
+
+    Returns the run folder, the last checkpoint, the best metric and epoch, and the last epoch's metrics.
+    """
+    device = torch.device(init_distributed_device_so(device=args.device)['device'])
+    args.distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    args.world_size = torch.distributed.get_world_size() if args.distributed else 1
+    args.rank = torch.distributed.get_rank() if args.distributed else 0
+    args.device = str(device)
+    if args.resume and not Path(args.resume).is_file():
+        raise TrainingError(f'--resume {args.resume}: no such checkpoint')
+    random_seed(args.seed, args.rank)
+
+    dataset_name = args.dataset.lower()
+    # The digits train/test split keeps its own fixed seed: a training seed must not move images into the test set.
+    train_set = create_dataset(dataset_name, args.data_dir, args.train_split, download=args.download and
+                               args.rank == 0, image_size=args.img_size)
+    eval_set = create_dataset(dataset_name, args.data_dir, args.val_split, image_size=args.img_size)
+    if args.num_classes is None:
+        args.num_classes = dataset_info(dataset_name)['num_classes'] or len(train_set.classes)
+    args.model_kwargs = resolve_model_kwargs(args.model_kwargs)
+    model = create_model(args.model, pretrained=args.pretrained, num_classes=args.num_classes,
+                         model_kwargs=args.model_kwargs, aux_logits=args.aux_weight > 0, drop_rate=args.drop,
+                         drop_path_rate=args.drop_path)
+    data = _data_settings(dataset_name, model, args.img_size)
+    common = dict(image_size=data['image_size'], mean=data['mean'], std=data['std'], crop_pct=data['crop_pct'],
+                  interpolation=data['interpolation'])
+    train_set.transform = build_transform(
+        dataset_name, True, cutout=args.cutout, hflip=args.hflip, crop_padding=args.crop_padding,
+        color_jitter=args.color_jitter, **common)
+    eval_set.transform = build_transform(dataset_name, False, **common)
+    if args.resume:
+        load_weights(model, args.resume)  # refuses another architecture with the keys named, before any write
+
+    model.to(device)
+    if args.channels_last:
+        model.to(memory_format=torch.channels_last)
+    if args.lr is None:
+        args.lr = args.lr_base * args.batch_size * args.world_size / args.lr_base_size
+    task = AuxClassificationTask(model, aux_weight=args.aux_weight, criterion_kwargs=dict(smoothing=args.smoothing),
+                                 device=device, verbose=False).to(device)
+    optimizer = create_optimizer_v2(model, opt=args.opt, lr=args.lr, weight_decay=args.weight_decay,
+                                    momentum=args.momentum)
+    loss_scaler = NativeScaler(device='cuda') if args.amp and device.type == 'cuda' \
+        and args.amp_dtype == 'float16' else None
+    if args.amp and device.type != 'cuda' and args.rank == 0:
+        _logger.info('--amp applies on CUDA only; training in float32 on %s', device)
+    if args.model_ema:
+        task.setup_ema(decay=args.model_ema_decay)
+    start_epoch = 0
+    if args.resume:
+        start_epoch = resume_task_checkpoint(task, args.resume, optimizer, loss_scaler, log_info=args.rank == 0) or 0
+        if args.model_ema:
+            load_task_ema_checkpoint(task, args.resume)
+    if args.distributed:
+        task.prepare_distributed(device_ids=[device.index] if device.type == 'cuda' else None)
+
+    loader_args = dict(workers=args.workers, distributed=args.distributed, seed=args.seed,
+                       pin_memory=device.type == 'cuda')
+    train_loader = create_loader(train_set, args.batch_size, True, **loader_args)
+    eval_loader = create_loader(eval_set, args.validation_batch_size or args.batch_size, False, **loader_args)
+    if len(train_loader) == 0:
+        raise TrainingError(f'{args.dataset}: {len(train_set)} training images are fewer than one batch '
+                            f'(--batch-size {args.batch_size})')
+    lr_scheduler, num_epochs = create_scheduler_v2(
+        optimizer, sched=args.sched, num_epochs=args.epochs, min_lr=args.min_lr, warmup_lr=args.warmup_lr,
+        warmup_epochs=args.warmup_epochs, updates_per_epoch=len(train_loader))
+    if lr_scheduler is not None and start_epoch > 0:
+        lr_scheduler.step(start_epoch)
+
+    out_dir, saver = None, None
+    if args.rank == 0:
+        out_dir = _prepare_output_dir(args)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        _write_atomic(out_dir / 'args.yaml', yaml.safe_dump(vars(args), sort_keys=False))
+        saver = CheckpointSaver(model=model, optimizer=optimizer, args=args, amp_scaler=loss_scaler,
+                                checkpoint_dir=str(out_dir), recovery_dir=str(out_dir), decreasing=False,
+                                max_history=args.checkpoint_hist, task=task)
+        if args.resume:
+            saver.load_state_dict_from_checkpoint(args.resume)
+        _logger.info(f'{args.model}: {sum(p.numel() for p in model.parameters()) / 1e6:.3f}M params'
+                     f'{" (with the auxiliary head)" if args.aux_weight > 0 else ""}, '
+                     f'{len(train_set)} train / {len(eval_set)} eval images, {num_epochs} epochs -> {out_dir}')
+
+    train_metrics, eval_metrics, num_updates = {}, {}, start_epoch * len(train_loader)
+    for epoch in range(start_epoch, num_epochs):
+        # Seeding per epoch makes a resumed run draw the same batches and augmentations as an uninterrupted one.
+        random_seed(args.seed + epoch, args.rank)
+        if args.distributed:
+            train_loader.sampler.set_epoch(epoch)
+        drop_path = set_drop_path(model, args.drop_path, epoch, num_epochs)
+        train_metrics, num_updates = _train_one_epoch(
+            epoch, task, model, train_loader, optimizer, lr_scheduler, loss_scaler, device, args, num_updates)
+        eval_metrics = evaluate(model, eval_loader, device, amp=args.amp, amp_dtype=args.amp_dtype,
+                                channels_last=args.channels_last, distributed=args.distributed)
+        if task.has_ema():
+            ema_metrics = evaluate(task.get_eval_model(ema=True), eval_loader, device, amp=args.amp,
+                                   amp_dtype=args.amp_dtype, channels_last=args.channels_last,
+                                   distributed=args.distributed)
+            eval_metrics.update({f'ema_{k}': v for k, v in ema_metrics.items()})
+        if lr_scheduler is not None:
+            lr_scheduler.step(epoch + 1, eval_metrics['top1'])
+        lr = optimizer.param_groups[0]['lr']
+        if args.rank == 0:
+            _logger.info(
+                f'epoch {epoch + 1}/{num_epochs}  train loss {train_metrics["loss"]:.4f} '
+                f'acc {train_metrics["top1"]:.2f}%  eval loss {eval_metrics["loss"]:.4f} '
+                f'top-1 {eval_metrics["top1"]:.2f}% top-5 {eval_metrics["top5"]:.2f}%  lr {lr:.3g}'
+                + (f'  drop-path {drop_path:.3f}' if drop_path is not None else '')
+                + (f'  ema top-1 {eval_metrics["ema_top1"]:.2f}%' if 'ema_top1' in eval_metrics else '')
+                + f'  {train_metrics["images_per_s"]:.0f} img/s')
+            update_summary(epoch, train_metrics, eval_metrics, str(out_dir / 'summary.csv'), lr=lr)
+            saver.save_checkpoint(epoch, metric=eval_metrics['top1'])
+    if args.distributed:
+        torch.distributed.barrier()
+    result = {'output_dir': str(out_dir) if out_dir else None, 'train': train_metrics, 'eval': eval_metrics}
+    if saver is not None:
+        result.update(checkpoint=str(out_dir / 'last.pth.tar'), best_metric=saver.best_metric,
+                      best_epoch=saver.best_epoch)
+    return result
+
+
+def _run_cli(main: Callable[[], int]) -> int:
+    """One clear line and exit code 2 for bad input; tracebacks only for real bugs."""
+    logging.basicConfig(level=logging.INFO, format='%(message)s')
+    try:
+        return main()
+    except USER_ERRORS as e:
+        print(f'error: {" ".join(str(e).split())}', file=sys.stderr)
+        return 2
+
+
+def train_main(argv: Sequence[str] | None = None) -> int:
+    def run() -> int:
+        args = parse_train_args(argv)
+        result = train(args)
+        if result.get('best_metric') is not None:
+            _logger.info(f'best top-1 {result["best_metric"]:.2f}% (epoch {result["best_epoch"] + 1}); last '
+                         f'checkpoint {result["checkpoint"]}\nvalidate: python validate.py --checkpoint '
+                         f'{result["checkpoint"]} --dataset {args.dataset}'
+                         + (f' --data-dir {args.data_dir}' if args.data_dir else ''))
+        return 0
+    return _run_cli(run)
+
+
+# ------------------------------------------------------------------------------------------------------- validation
+
+def validate_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog='validate.py',
+        description='Accuracy, loss, parameters and multiply-adds of a model; without a dataset only the complexity.')
+    p.add_argument('--model', default=None, help='timm name, hf-hub:ORG/NAME or local-dir:PATH (default: the '
+                                                 'model stored in --checkpoint)')
+    p.add_argument('--model-kwargs', nargs='*', default=None, action=ParseKwargs,
+                   help='entrypoint arguments, e.g. genotype=genotype.yaml (default: those stored in --checkpoint)')
+    p.add_argument('--checkpoint', default='', help='train.py checkpoint, state dict or .safetensors file')
+    p.add_argument('--use-ema', action='store_true', help='load the EMA weights of the checkpoint')
+    _bool_flag(p, '--pretrained', 'load the pretrained weights of the model name (hf-hub: / local-dir:)')
+    p.add_argument('--num-classes', type=int, default=None)
+    p.add_argument('--dataset', default=None, help='digits | cifar10 | cifar100 | imagefolder (default: none)')
+    p.add_argument('--data-dir', default=None)
+    p.add_argument('--split', default='test', help='train | val | test')
+    p.add_argument('--img-size', type=int, default=None, help='input size (default: the dataset\'s / model\'s)')
+    p.add_argument('-b', '--batch-size', type=int, default=256)
+    p.add_argument('-j', '--workers', type=int, default=2)
+    p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    _bool_flag(p, '--amp', 'mixed precision (CUDA only)')
+    _bool_flag(p, '--channels-last', 'channels_last memory layout')
+    p.add_argument('--latency', action='store_true',
+                   help='also time the forward pass on --device (median of --latency-repeats, after warm-up)')
+    p.add_argument('--latency-batch-size', type=int, default=32, help='batch of the timing (the paper: 32)')
+    p.add_argument('--latency-repeats', type=int, default=30)
+    p.add_argument('--results-file', default='', help='write the results to this .json or .csv file')
+    return p
+
+
+def validate(args: argparse.Namespace) -> dict[str, Any]:
+    """Build (and load) the model, count its complexity and, given a dataset, evaluate it."""
+    if args.results_file and Path(args.results_file).suffix.lower() not in ('.json', '.csv'):
+        raise TrainingError(f'--results-file {args.results_file}: use a .json or .csv suffix')
+    stored = read_checkpoint_args(args.checkpoint) if args.checkpoint else {}
+    model_name = args.model or stored.get('model')
+    if model_name is None:
+        raise TrainingError('no model given: pass --model, or a --checkpoint written by train.py')
+    same_model = args.model is None or args.model == stored.get('model')
+    model_kwargs = args.model_kwargs if args.model_kwargs is not None else \
+        (stored.get('model_kwargs') if same_model else None)
+    num_classes = args.num_classes or (stored.get('num_classes') if same_model else None)
+    if num_classes is None and args.dataset and not parse_model_name(model_name)[0]:
+        num_classes = dataset_info(args.dataset)['num_classes']
+    dataset_name = (args.dataset or '').lower() or None
+    eval_set = create_dataset(dataset_name, args.data_dir, args.split, image_size=args.img_size) \
+        if dataset_name else None  # checked before the model is built: a missing folder fails fast
+
+    model = create_model(model_name, pretrained=args.pretrained, num_classes=num_classes, model_kwargs=model_kwargs)
+    if args.checkpoint:
+        load_weights(model, args.checkpoint, use_ema=args.use_ema)
+    model.eval()
+    device = torch.device(args.device)
+    results: dict[str, Any] = {'model': model_name, 'checkpoint': args.checkpoint or None}
+    if dataset_name:
+        data = _data_settings(dataset_name, model, args.img_size)
+        input_size = (3, data['image_size'], data['image_size'])
+    else:
+        input_size = (3, args.img_size, args.img_size) if args.img_size else None
+    counts = complexity(model, input_size)
+    results.update(params=counts['params'], macs=counts['macs'], fvcore_total=counts['fvcore_total'],
+                   input_size=list(counts['input_size']), mobile_setting=mobile_setting(counts['macs']))
+    if args.latency:
+        spec = TimingSpec(device=str(device), batch_size=args.latency_batch_size, input_size=counts['input_size'],
+                          dtype='float16' if args.amp and device.type == 'cuda' else 'float32',
+                          channels_last=args.channels_last, warmup=min(10, args.latency_repeats),
+                          repeats=args.latency_repeats)
+        timing = time_model(model, spec)
+        results.update(latency_ms=timing.median_ms, latency_iqr_ms=timing.iqr_ms,
+                       latency_batch_size=spec.batch_size, latency_device=device_name(device))
+    if eval_set is not None:
+        num_classes_data = dataset_info(dataset_name)['num_classes'] or len(eval_set.classes)
+        if model.num_classes != num_classes_data:
+            raise TrainingError(f'{model_name} has {model.num_classes} classes but {dataset_name} has '
+                                f'{num_classes_data}; pass --num-classes or another --model')
+        eval_set.transform = build_transform(dataset_name, False, image_size=data['image_size'], mean=data['mean'],
+                                             std=data['std'], crop_pct=data['crop_pct'],
+                                             interpolation=data['interpolation'])
+        model.to(device)
+        if args.channels_last:
+            model.to(memory_format=torch.channels_last)
+        loader = create_loader(eval_set, args.batch_size, False, workers=args.workers,
+                               pin_memory=device.type == 'cuda')
+        metrics = evaluate(model, loader, device, amp=args.amp, channels_last=args.channels_last)
+        results.update(dataset=dataset_name, split=args.split, num_images=len(eval_set), **metrics)
+    return results
+
+
+def write_results(results: dict[str, Any], path: str | os.PathLike) -> Path:
+    """Write ``results`` as JSON or as a one-row CSV (by suffix), atomically."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == '.json':
+        text = json.dumps(results, indent=2) + '\n'
+    elif suffix == '.csv':
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=list(results))
+        writer.writeheader()
+        writer.writerow({k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in results.items()})
+        text = buffer.getvalue()
+    else:
+        raise TrainingError(f'{path}: use a .json or .csv suffix')
+    return _write_atomic(path, text)
+
+
+def read_results(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a results file written by :func:`write_results` (used by the Hub model card)."""
+    path = Path(path)
+    if not path.is_file():
+        raise TrainingError(f'results file {path}: no such file')
+    if path.suffix.lower() == '.json':
+        return json.loads(path.read_text())
+    with path.open(newline='') as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        raise TrainingError(f'results file {path}: no rows')
+    return rows[-1]
+
+
+def _write_atomic(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f'.{path.name}.tmp{os.getpid()}')
+    try:
+        tmp.write_text(text, encoding='utf-8')
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def _format_results(results: dict[str, Any]) -> str:
+    lines = [f'{results["model"]}: {results["params"] / 1e6:.3f}M params, {results["macs"] / 1e6:.1f}M MACs '
+             f'(conv+linear), fvcore total {results["fvcore_total"] / 1e6:.1f}M at input {results["input_size"]}; '
+             f'mobile setting (< 600M MACs): {"yes" if results["mobile_setting"] else "no"}']
+    if 'latency_ms' in results:
+        lines.append(f'latency at batch {results["latency_batch_size"]} on {results["latency_device"]}: '
+                     f'{results["latency_ms"]:.2f} ms (IQR {results["latency_iqr_ms"]:.2f} ms)')
+    if 'top1' in results:
+        lines.append(f'{results["dataset"]} {results["split"]} ({results["num_images"]} images): top-1 '
+                     f'{results["top1"]:.2f}%  top-5 {results["top5"]:.2f}%  loss {results["loss"]:.4f}')
+    return '\n'.join(lines)
+
+
+def validate_main(argv: Sequence[str] | None = None) -> int:
+    def run() -> int:
+        args = validate_parser().parse_args(argv)
+        results = validate(args)
+        print(_format_results(results))
+        if args.results_file:
+            print(f'results: {write_results(results, args.results_file)}')
+        return 0
+    return _run_cli(run)
