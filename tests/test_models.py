@@ -17,7 +17,7 @@ from torchvision.models.feature_extraction import NodePathTracer, create_feature
 
 import unas_zoo
 from unas_zoo.genotypes import GenotypeError, load
-from unas_zoo.models import darts_cells, mbconv
+from unas_zoo.models import _builder, darts_cells, mbconv
 from unas_zoo.models._builder import WeightsNotPublishedError, export_model_args
 
 MODEL_NAMES = timm.list_models(module=['darts_cells', 'mbconv'])
@@ -458,6 +458,36 @@ def test_pretrained_loads_local_safetensors(name, tmp_path):
         assert torch.allclose(gray.state_dict()[first_conv][:, 0], source.state_dict()[first_conv].sum(1))
         features = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, features_only=True)
         assert torch.equal(features.eval()(x)[-1], source.forward_intermediates(x)[1][-1])
+
+
+@pytest.mark.parametrize('name', ['unas_imagenet', 'unas_mbconv_gpu'])
+def test_published_weights_load_from_the_hub_id(name, tmp_path, monkeypatch):
+    """timm's test_model_load_pretrained / test_model_features_pretrained once a name is published: weights come
+    from hf-hub:unas-zoo/<name> (downloaded offline here) and adapt to in_chans=1, a new head, no head, features."""
+    torch.manual_seed(0)
+    source = timm.create_model(name).eval()
+    file = tmp_path / 'model.safetensors'
+    save_file(source.state_dict(), str(file))
+    downloads = []
+
+    def fake_hub_download(repo_id, filename, **kwargs):
+        downloads.append((repo_id, filename))
+        return str(file)
+    monkeypatch.setattr(timm.models._hub, 'hf_hub_download', fake_hub_download)
+    monkeypatch.setattr(_builder, 'PUBLISHED_WEIGHTS', frozenset({name}))
+
+    first_conv = source.pretrained_cfg['first_conv'] + '.weight'
+    x = _inputs(1, (1, *_input_size(name, 64)[1:]))
+    with torch.no_grad():
+        five = timm.create_model(name, pretrained=True, in_chans=1, num_classes=5).eval()
+        assert torch.allclose(five.state_dict()[first_conv][:, 0], source.state_dict()[first_conv].sum(1))
+        assert five(x).shape == (1, 5)
+        headless = timm.create_model(name, pretrained=True, in_chans=1, num_classes=0).eval()
+        assert torch.equal(headless(x), five.forward_head(five.forward_features(x), pre_logits=True))
+        features = timm.create_model(name, pretrained=True, features_only=True).eval()
+        rgb = _inputs(1, _input_size(name, 64))
+        assert torch.equal(features(rgb)[-1], source.forward_intermediates(rgb)[1][-1])
+    assert downloads == [(f'unas-zoo/{name}', 'model.safetensors')] * 3
 
 
 def test_modules_export_their_model_classes():
