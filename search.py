@@ -29,7 +29,7 @@ from unas_zoo.search.config import (
 
 # Training recipes for a searched genotype, by dataset (train.py's --config).
 TRAIN_RECIPES = {'digits': 'hparams/train_demo.yaml', 'cifar10': 'hparams/train_cifar10.yaml',
-                 'cifar100': 'hparams/train_cifar100.yaml', 'imagefolder': 'hparams/train_imagenet.yaml'}
+                 'cifar100': 'hparams/train_cifar100.yaml', 'imagefolder': 'hparams/train_imagenet_darts.yaml'}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -97,7 +97,9 @@ def train_command(genotype: Path, cfg: SearchConfig) -> str:
     """The command that trains the searched architecture from scratch with train.py."""
     model = 'mbconv_net' if cfg.space == 'mbconv' else (
         'darts_cell_imagenet' if cfg.dataset == 'imagefolder' else 'darts_cell_cifar')
-    words = ['python', 'train.py', '--config', TRAIN_RECIPES[cfg.dataset], '--model', model,
+    recipe = 'hparams/train_imagenet_mbconv.yaml' if cfg.space == 'mbconv' and cfg.dataset == 'imagefolder' \
+        else TRAIN_RECIPES[cfg.dataset]
+    words = ['python', 'train.py', '--config', recipe, '--model', model,
              '--model-kwargs', f'genotype={genotype}']
     if cfg.dataset != 'digits':
         words += ['--dataset', cfg.dataset, '--data-dir', cfg.data_dir or 'DATA_DIR']

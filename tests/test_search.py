@@ -172,7 +172,10 @@ def test_mbconv_space_search_with_a_cost_term_relax(tmp_path):
     assert {'cost', 'cost_weight', 'cost_cv_correlation'} <= set(header)
     assert float(search_row[header.index('cost')]) > 0          # the tiny nets exceed 0.01 M parameters
     assert list(out.glob('params_surrogate*'))                   # the fitted surrogate is kept with the run
+    genotype = load(path)                                        # the result's own cost is reported with it
     model = timm.create_model('mbconv_net', genotype=str(path), num_classes=10)
+    assert genotype.metrics['params_M'] == pytest.approx(sum(p.numel() for p in model.parameters()) / 1e6)
+    assert 'params of the searched architecture' in (out / 'cost_summary.txt').read_text()
     assert model(torch.randn(2, 3, 8, 8)).shape == (2, 10)
 
 

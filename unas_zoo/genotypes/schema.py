@@ -248,7 +248,10 @@ def _parse_backbone(check: _Checker, data: Any) -> MBConvBackbone:
     data = check.mapping(data if data is not None else {}, 'backbone', set(), set(defaults))
     values: dict[str, Any] = {}
     for key, default in defaults.items():
-        value = data.get(key, default)
+        if key not in data:
+            values[key] = default
+            continue
+        value = data[key]
         where = f'backbone.{key}'
         if isinstance(default, tuple):
             value = tuple(check.integer(v, where, 1) for v in check.sequence(value, where))

@@ -181,6 +181,12 @@ def _validate(cfg: SearchConfig, source: str) -> None:
     if cfg.estimator == 'darts' and cfg.sampling == 'per_example':
         raise fail('sampling', "the 'darts' estimator uses one deterministic softmax mixture, so it cannot sample "
                                "per example; use sampling: per_batch or another estimator")
+    if cfg.cost is not None:
+        from .costs import CostError, validate_cost_section  # costs imports torch-heavy latency code: load lazily
+        try:
+            validate_cost_section(cfg.cost, source)
+        except CostError as e:
+            raise SearchConfigError(str(e)) from None
     if cfg.cost is not None and cfg.space == 'darts' and cfg.cost.get('name') in _MODEL_COSTS:
         raise fail('cost', f"{cfg.cost.get('name')!r} is measured on the child network, and the darts space has no "
                            f"latency model or child builder for it; search the mbconv space, or give a callable "
@@ -194,10 +200,11 @@ def _validate(cfg: SearchConfig, source: str) -> None:
 
 def mbconv_backbone(overrides: dict) -> MBConvBackbone:
     """The MBConv backbone with ``overrides`` of its fields, validated by the genotype schema."""
-    defaults = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(MBConvBackbone()).items()}
-    backbone = {**defaults, **overrides} if isinstance(overrides, dict) else overrides
-    depths = backbone.get('stage_depths') if isinstance(backbone, dict) else None
+    depths = overrides.get('stage_depths') if isinstance(overrides, dict) else None
+    if depths is None:
+        depths = list(MBConvBackbone().stage_depths)
     num_layers = sum(depths) if isinstance(depths, list) and all(isinstance(d, int) for d in depths) else 1
+    backbone = overrides
     probe = {'space': 'mbconv', 'backbone': backbone, 'layers': ['3x3_e3'] * num_layers}
     return from_dict(probe, '<backbone>').backbone
 

@@ -696,6 +696,8 @@ class _Run:
         self._log(f'epoch {self.epoch}/{self.cfg.epochs} done ({record["phase"]}): argmax architecture val loss '
                   f'{val_loss:.3f} acc {val_acc:.3f} | entropy {record["entropy"]:.2f}')
         self.write_epoch_outputs(record)
+        if self.parts.objective.cost is not None:
+            self.parts.objective.cost.flush()
         if self.epoch == self.cfg.epochs:
             self.finished = True
         self.save_checkpoint()
@@ -706,7 +708,15 @@ class _Run:
         if self.procs.is_main:
             metrics = {'val_acc': last.get('val_acc'), 'val_loss': last.get('val_loss'),
                        'search_seconds': round(time.time() - self.started, 1)}
-            self._genotype(True, {k: v for k, v in metrics.items() if v is not None}).to_yaml(path)
+            cost = self.parts.objective.cost
+            if cost is not None:
+                metrics[f'{cost.name}_{cost.unit}'] = cost.measure(self.parts.dist.to_genotype())
+            genotype = self._genotype(True, {k: v for k, v in metrics.items() if v is not None})
+            genotype.to_yaml(path)
+            if cost is not None:
+                summary = cost.summary(genotype)
+                _atomic_text(summary + '\n', self.out_dir / 'cost_summary.txt')
+                self._log(summary)
         if self.cfg.save_rank_state:
             _atomic_save({'dist': self.parts.dist.state_dict(), 'supernet': self.parts.supernet.state_dict()},
                          self.out_dir / f'rank{self.procs.rank}_final.pt')
