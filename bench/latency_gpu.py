@@ -85,7 +85,7 @@ def latency_search(device: str, quick: bool, steps: int, work: Path) -> dict:
         with torch.no_grad():
             return float(term.surrogate({k: v.float() for k, v in parts.dist.probs().items()}))
 
-    gen = torch.Generator(device='cpu').manual_seed(0)
+    gen = torch.Generator(device=device).manual_seed(0)
     x = torch.randn(batch, 3, size, size, device=device)
     y = torch.randint(classes, (batch,), device=device)
     initial_argmax = term.measure(parts.dist.to_genotype())
