@@ -16,6 +16,10 @@ from PIL import Image
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch.utils.data import Dataset, Subset
 
+# Per-channel statistics of the CIFAR training sets (the models' pretrained cfgs use them too).
+CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
+
 __all__ = ['DATASETS', 'SPLITS', 'DatasetError', 'DigitsDataset', 'create_dataset', 'split_train_val', 'dataset_info']
 
 DATASETS = ('digits', 'cifar10', 'cifar100', 'imagefolder')
@@ -174,9 +178,9 @@ def dataset_info(name: str) -> dict:
         mean, std = _digits_mean_std()
         return dict(num_classes=10, mean=mean, std=std, image_size=_DIGITS_SIZE)
     if name == 'cifar10':
-        return dict(num_classes=10, mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616), image_size=32)
+        return dict(num_classes=10, mean=CIFAR10_MEAN, std=CIFAR10_STD, image_size=32)
     if name == 'cifar100':
-        return dict(num_classes=100, mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762), image_size=32)
+        return dict(num_classes=100, mean=CIFAR100_MEAN, std=CIFAR100_STD, image_size=32)
     if name == 'imagefolder':
         return dict(num_classes=None, mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD, image_size=224)
     raise DatasetError(f'Unknown dataset {name!r}; allowed: {", ".join(DATASETS)}.')

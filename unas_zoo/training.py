@@ -49,7 +49,7 @@ from .complexity import complexity, mobile_setting
 from .data import DatasetError, create_dataset, dataset_info
 from .genotypes import GenotypeError, load as load_genotype
 from .latency import LatencyError, TimingSpec, device_name, time_model
-from .models._builder import WeightsNotPublishedError
+from .models import WeightsNotPublishedError
 
 __all__ = [
     'TrainingError', 'Cutout', 'AuxClassificationTask', 'train_parser', 'parse_train_args', 'load_config',

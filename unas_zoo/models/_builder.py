@@ -13,11 +13,11 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import resolve_pretrained_cfg
 from torch import nn
 
+from ..data import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD
 from ..genotypes import DartsGenotype, Genotype, GenotypeError, MBConvGenotype, load
 
 __all__ = [
-    'HF_HUB_ORG', 'PUBLISHED_WEIGHTS', 'CIFAR10_MEAN', 'CIFAR10_STD', 'CIFAR100_MEAN', 'CIFAR100_STD',
-    'WeightsNotPublishedError', 'cifar_cfg', 'imagenet_cfg', 'resolve_genotype', 'check_pretrained_available',
+    'HF_HUB_ORG', 'PUBLISHED_WEIGHTS', 'WeightsNotPublishedError', 'cifar_cfg', 'imagenet_cfg', 'resolve_genotype', 'check_pretrained_available',
     'attach_genotype', 'export_model_args',
 ]
 
@@ -27,11 +27,6 @@ PUBLISHED_WEIGHTS: frozenset[str] = frozenset()
 
 # Entrypoints whose architecture comes from the genotype= kwarg (the named ones fix it).
 _GENERIC_ENTRYPOINTS = ('darts_cell_cifar', 'darts_cell_imagenet', 'mbconv_net')
-
-CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR10_STD = (0.2470, 0.2435, 0.2616)
-CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
-CIFAR100_STD = (0.2673, 0.2564, 0.2762)
 
 
 class WeightsNotPublishedError(RuntimeError):
