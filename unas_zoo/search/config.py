@@ -61,16 +61,16 @@ class SearchConfig:
     backbone: dict = field(default_factory=dict)   # mbconv: overrides of MBConvBackbone fields
     zero_dropout: float = 0.0            # mbconv: dropout on the 'zero' (skip) choice during search (paper: 0.1)
     # ---- schedule
-    epochs: int = 13                     # total epochs, warm-up included
-    warmup_epochs: int = 10              # epochs that train w only (φ frozen); cheap: only sampled children run
+    epochs: int = 12                     # total epochs, warm-up included
+    warmup_epochs: int = 6               # epochs that train w only (φ frozen); cheap: only sampled children run
     # ---- network weights w: Adam, cosine schedule per step
     w_lr: float = 3e-3                   # demo: 5x the paper's 6e-4, for a run of a few hundred steps
     w_lr_min: float = 3e-4
     w_weight_decay: float = 3e-4
     grad_clip: float = 5.0
     # ---- architecture parameters φ: Adam, cosine schedule per φ step
-    phi_lr: float = 1e-2                 # demo: 5x the paper's 2e-3, likewise
-    phi_lr_min: float = 2e-3
+    phi_lr: float = 3e-2                 # demo: 15x the paper's 2e-3: φ has ~250 steps to move
+    phi_lr_min: float = 6e-3
     phi_weight_decay: float = 1e-6
     # ---- estimator and objective
     estimator: str = 'rebar'             # reinforce | gumbel | rebar | relax | darts

@@ -748,17 +748,25 @@ def _plot_probabilities(choices: dict[str, list[str]], history: list[dict], path
     rows = math.ceil(len(names) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 1.8 * rows), sharex=True, sharey=True, squeeze=False)
     epochs = [h['epoch'] for h in history]
+    # One colour per label across panels (ops, MBConv choices); variables with other labels (input selectors)
+    # get a legend of their own.
+    shared = [str(label) for label in max(choices.values(), key=len)]
     for ax, name in zip(axes.flat, names):
         series = np.array([h['probabilities'][name] for h in history])
-        for j, label in enumerate(choices[name]):
-            ax.plot(epochs, series[:, j], label=label, linewidth=1)
+        labels = [str(label) for label in choices[name]]
+        own_legend = not set(labels) <= set(shared)
+        for j, label in enumerate(labels):
+            color = f'C{j % 10}' if own_legend else f'C{shared.index(label) % 10}'
+            ax.plot(epochs, series[:, j], label=label, color=color, linewidth=1)
+        if own_legend:
+            ax.legend(fontsize=5, ncol=2, title='input', title_fontsize=5, loc='upper left')
         ax.set_title(name, fontsize=7)
         ax.tick_params(labelsize=6)
         ax.set_ylim(0, 1)
     for ax in list(axes.flat)[len(names):]:
         ax.axis('off')
-    handles, labels = max(((ax.get_legend_handles_labels()) for ax in axes.flat), key=lambda hl: len(hl[1]))
-    fig.legend(handles, labels, loc='lower center', ncol=min(8, len(labels)), fontsize=7)
+    handles = [plt.Line2D([], [], color=f'C{j % 10}', linewidth=1) for j in range(len(shared))]
+    fig.legend(handles, shared, loc='lower center', ncol=min(8, len(shared)), fontsize=7)
     fig.suptitle('architecture probabilities per epoch', fontsize=9)
     fig.tight_layout(rect=(0, 0.06, 1, 0.97))
     tmp = path.with_name(f'.{path.stem}.tmp{os.getpid()}.png')
