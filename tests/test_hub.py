@@ -11,8 +11,8 @@ import yaml
 
 from unas_zoo import hub
 from unas_zoo.genotypes import load as load_genotype
-from unas_zoo.training import TrainingError, create_model, resolve_model_kwargs, validate, validate_parser
-from unas_zoo.training import write_results
+from unas_zoo.training import TrainingError, create_model, resolve_model_kwargs
+from unas_zoo.validation import validate, validate_parser, write_results
 
 
 

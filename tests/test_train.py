@@ -18,8 +18,9 @@ from unas_zoo.data import DatasetError
 from unas_zoo.genotypes import load as load_genotype
 from unas_zoo.training import (
     AuxClassificationTask, Cutout, TrainingError, create_model, parse_train_args, read_checkpoint_args,
-    set_drop_path, train, validate, validate_parser,
+    set_drop_path, train,
 )
+from unas_zoo.validation import validate, validate_parser
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = str(REPO / 'hparams' / 'train_demo.yaml')

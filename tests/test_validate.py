@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from unas_zoo.complexity import complexity
-from unas_zoo.training import TrainingError, create_model, load_weights, validate_main, write_results
+from unas_zoo.training import TrainingError, create_model, load_weights
+from unas_zoo.validation import validate_main, write_results
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = {'genotype': 'unas_cifar10', 'init_channels': 4, 'layers': 3}

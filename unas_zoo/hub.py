@@ -33,10 +33,8 @@ from timm.models._hub import generate_readme
 
 from .complexity import complexity, mobile_setting
 from .genotypes import Genotype, load as load_genotype
-from .training import (
-    TrainingError, _data_settings, _run_cli, create_model, load_weights, read_checkpoint_args,
-    read_results,
-)
+from .training import TrainingError, _data_settings, _run_cli, create_model, load_weights, read_checkpoint_args
+from .validation import read_results
 
 __all__ = ['CITATION', 'build_model', 'model_card', 'save', 'push', 'main']
 
