@@ -28,7 +28,7 @@ from unas_zoo.genotypes.schema import (
 
 __all__ = [
     'RelaxedSample', 'gumbel_max', 'relaxed_sample', 'one_hot', 'log_prob', 'entropy',
-    'ArchDistribution', 'DartsCellDistribution', 'MBConvDistribution',
+    'ArchDistribution', 'DartsCellDistribution', 'MBConvDistribution', 'darts_choices', 'mbconv_choices',
 ]
 
 CELL_TYPES = ('normal', 'reduce')
@@ -140,6 +140,26 @@ def entropy(logits: Mapping[str, Tensor]) -> Tensor:
 
 # --------------------------------------------------------------------------------------------------- distributions
 
+def darts_choices(ops: Sequence[str]) -> dict[str, tuple]:
+    """The DARTS space's variables (paper §4.1) and their labels: per cell and node, two input selectors over the
+    node's 2 + n predecessors and two op selectors over ``ops``. Supernets size their weights from this too."""
+    choices: dict[str, tuple] = {}
+    for cell in CELL_TYPES:
+        for n in range(NODES_PER_CELL):
+            for b in range(BRANCHES_PER_NODE):
+                choices[f'{cell}_node{n}_input{b}'] = tuple(range(n + 2))
+                choices[f'{cell}_node{n}_op{b}'] = tuple(ops)
+    return choices
+
+
+def mbconv_choices(backbone: MBConvBackbone) -> dict[str, tuple]:
+    """The MBConv space's variables: ``layer01``.. one per layer (1-based as in the paper), without 'zero' where
+    width or stride changes."""
+    fixed = set(backbone.fixed_layers)
+    return {f'layer{i + 1:02d}': MBCONV_CHOICES[1:] if i in fixed else MBCONV_CHOICES
+            for i in range(backbone.num_layers)}
+
+
 class ArchDistribution(nn.Module):
     """Independent categorical variables with zero-initialised logits; ``choices`` maps name -> labels in order.
 
@@ -239,13 +259,7 @@ class DartsCellDistribution(ArchDistribution):
         unknown = [op for op in ops if op not in DARTS_OPS]
         if not ops or unknown or len(set(ops)) != len(ops):
             raise ValueError(f'ops must be distinct names from {list(DARTS_OPS)}; got {list(ops)}')
-        choices = {}
-        for cell in CELL_TYPES:
-            for n in range(NODES_PER_CELL):
-                for b in range(BRANCHES_PER_NODE):
-                    choices[f'{cell}_node{n}_input{b}'] = tuple(range(n + 2))
-                    choices[f'{cell}_node{n}_op{b}'] = ops
-        super().__init__(choices)
+        super().__init__(darts_choices(ops))
         self.ops = ops
 
     def to_genotype(self, indices: Mapping[str, int | Tensor] | None = None, **meta) -> DartsGenotype:
@@ -276,9 +290,7 @@ class MBConvDistribution(ArchDistribution):
     """One choice per layer of the ProxylessNAS backbone; 'zero' is excluded where width or stride changes."""
 
     def __init__(self, backbone: MBConvBackbone = MBConvBackbone()):
-        fixed = set(backbone.fixed_layers)
-        super().__init__({f'layer{i + 1:02d}': MBCONV_CHOICES[1:] if i in fixed else MBCONV_CHOICES
-                          for i in range(backbone.num_layers)})
+        super().__init__(mbconv_choices(backbone))
         self.backbone = backbone
 
     def to_genotype(self, indices: Mapping[str, int | Tensor] | None = None, **meta) -> MBConvGenotype:

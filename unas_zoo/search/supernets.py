@@ -33,11 +33,11 @@ from ..genotypes.schema import BRANCHES_PER_NODE
 from ..models.darts_cells import DartsCifarNet, DartsImageNetNet, DartsNet
 from ..models.mbconv import build_mbconv
 from ..ops import make_op
+from .distributions import CELL_TYPES, darts_choices, mbconv_choices
 
 __all__ = ['DartsSupernet', 'MBConvSupernet', 'edge_weights']
 
 GenotypeLike = Union[str, os.PathLike, dict, Genotype]
-CELL_TYPES = ('normal', 'reduce')
 STEMS = {'cifar': DartsCifarNet, 'imagenet': DartsImageNetNet}
 
 
@@ -190,12 +190,7 @@ class DartsSupernet(nn.Module):
         for cell in self.net.cells:
             channels = cell.out_channels // len(cell.concat)
             cell.nodes = nn.ModuleList([_MixedNode(n, ops, channels, cell.reduction) for n in range(NODES_PER_CELL)])
-        self.sizes = {}
-        for kind in CELL_TYPES:
-            for n in range(NODES_PER_CELL):
-                for b in range(BRANCHES_PER_NODE):
-                    self.sizes[f'{kind}_node{n}_input{b}'] = n + 2
-                    self.sizes[f'{kind}_node{n}_op{b}'] = len(ops)
+        self.sizes = {name: len(labels) for name, labels in darts_choices(ops).items()}
 
     def forward(self, x: Tensor, weights: Mapping[str, Tensor]) -> Tensor:
         """Logits of the architecture(s) ``weights`` (one-hot or relaxed, [K] or [N, K] per variable)."""
@@ -262,18 +257,12 @@ class MBConvSupernet(nn.Module):
         self.conv_stem, self.bn1, self.first_block = net.conv_stem, net.bn1, blocks[choice][0]
         self.conv_head, self.bn2, self.global_pool, self.classifier = (
             net.conv_head, net.bn2, net.global_pool, net.classifier)
-        fixed = set(backbone.fixed_layers)
-        self.layer_choices = tuple(MBCONV_CHOICES[1:] if i in fixed else MBCONV_CHOICES
-                                   for i in range(backbone.num_layers))
+        variables = mbconv_choices(backbone)
+        self.layer_choices = tuple(variables.values())
         self.layers = nn.ModuleList([
             nn.ModuleDict({c: nn.Dropout(zero_dropout) if c == 'zero' else blocks[c][i + 1] for c in choices})
             for i, choices in enumerate(self.layer_choices)])
-        self.sizes = {self.layer_name(i): len(choices) for i, choices in enumerate(self.layer_choices)}
-
-    @staticmethod
-    def layer_name(layer: int) -> str:
-        """Distribution variable of 0-based ``layer`` (the paper numbers layers from 1)."""
-        return f'layer{layer + 1:02d}'
+        self.sizes = {name: len(choices) for name, choices in variables.items()}
 
     def _build(self, genotype: MBConvGenotype) -> nn.Module:
         return build_mbconv(genotype, num_classes=self.num_classes, in_chans=self.in_chans)
