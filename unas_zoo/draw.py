@@ -16,6 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from ._io import atomic_path
 from .genotypes import Cell, DartsGenotype, Genotype, GenotypeError, MBConvGenotype, load, parse_mbconv_choice
 
 __all__ = ['DrawError', 'FORMATS', 'cell_to_dot', 'mbconv_to_dot', 'draw', 'render', 'main']
@@ -146,17 +147,12 @@ def render(dot_source: str, output: str | os.PathLike) -> Path:
     output = Path(output)
     fmt = _output_format(output)
     dot = _dot_binary()
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(f'.{output.name}.tmp{os.getpid()}')
-    try:
+    with atomic_path(output) as tmp:
         result = subprocess.run([dot, f'-T{fmt}', '-o', str(tmp)], input=dot_source, text=True,
                                 capture_output=True, check=False)
         if result.returncode != 0 or not tmp.is_file():
             detail = ' '.join(result.stderr.split()) or f'exit code {result.returncode}'
             raise DrawError(f'{output}: graphviz dot failed: {detail}')
-        os.replace(tmp, output)
-    finally:
-        tmp.unlink(missing_ok=True)
     return output
 
 

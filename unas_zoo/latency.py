@@ -28,6 +28,8 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import torch
 import torch.nn as nn
 
+from ._io import atomic_path, atomic_write_text
+
 __all__ = [
     'LatencyError', 'TimingSpec', 'Timing', 'time_model', 'device_name', 'architecture_key',
     'LatencyCache', 'LatencyMeter', 'LinearSurrogate', 'fit_surrogate', 'random_architectures',
@@ -212,13 +214,6 @@ def _context_key(context: Mapping[str, Any]) -> str:
     return hashlib.sha1(json.dumps(context, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f'.{path.name}.tmp{os.getpid()}')
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 class LatencyCache:
     """Timings per (context, architecture key) in a JSON file.
 
@@ -268,7 +263,7 @@ class LatencyCache:
         for ckey, slot in on_disk.items():
             mine = self._data.setdefault(ckey, {'context': slot['context'], 'entries': {}})
             mine['entries'] = {**slot['entries'], **mine['entries']}
-        _atomic_write_text(self.path, json.dumps({'format': 'unas_zoo.latency_cache/1', 'contexts': self._data}))
+        atomic_write_text(self.path, json.dumps({'format': 'unas_zoo.latency_cache/1', 'contexts': self._data}))
         self._pending = 0
 
 
@@ -472,9 +467,8 @@ class LinearSurrogate:
             'context': json.dumps(self.context),
             'ridge': json.dumps(self.ridge),
         }
-        tmp = path.with_name(f'.{path.name}.tmp{os.getpid()}')
-        save_file(tensors, str(tmp), metadata=metadata)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata=metadata)
         return path
 
     @classmethod

@@ -43,6 +43,7 @@ from timm.utils.distributed import init_distributed_device_so
 from torch.utils.data import DataLoader, DistributedSampler
 from torchvision import transforms as T
 
+from ._io import atomic_write_text
 from .data import DatasetError, create_dataset, dataset_info
 from .genotypes import GenotypeError, load as load_genotype
 from .latency import LatencyError
@@ -572,7 +573,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     if args.rank == 0:
         out_dir = _prepare_output_dir(args)
         out_dir.mkdir(parents=True, exist_ok=True)
-        _write_atomic(out_dir / 'args.yaml', yaml.safe_dump(vars(args), sort_keys=False))
+        atomic_write_text(out_dir / 'args.yaml', yaml.safe_dump(vars(args), sort_keys=False))
         saver = CheckpointSaver(model=model, optimizer=optimizer, args=args, amp_scaler=loss_scaler,
                                 checkpoint_dir=str(out_dir), recovery_dir=str(out_dir), decreasing=False,
                                 max_history=args.checkpoint_hist, task=task)
@@ -618,17 +619,6 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         result.update(checkpoint=str(out_dir / 'last.pth.tar'), best_metric=saver.best_metric,
                       best_epoch=saver.best_epoch)
     return result
-
-
-def _write_atomic(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f'.{path.name}.tmp{os.getpid()}')
-    try:
-        tmp.write_text(text, encoding='utf-8')
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
 
 
 def _run_cli(main: Callable[[], int]) -> int:

@@ -18,11 +18,12 @@ import torch
 from timm.models import parse_model_name
 from timm.utils import ParseKwargs
 
+from ._io import atomic_write_text
 from .complexity import complexity, mobile_setting
 from .data import create_dataset, dataset_info
 from .latency import TimingSpec, device_name, time_model
 from .training import (
-    TrainingError, _bool_flag, _data_settings, _run_cli, _write_atomic, build_transform, create_loader, create_model, evaluate,
+    TrainingError, _bool_flag, _data_settings, _run_cli, build_transform, create_loader, create_model, evaluate,
     load_weights, read_checkpoint_args,
 )
 
@@ -130,7 +131,7 @@ def write_results(results: dict[str, Any], path: str | os.PathLike) -> Path:
         text = buffer.getvalue()
     else:
         raise TrainingError(f'{path}: use a .json or .csv suffix')
-    return _write_atomic(path, text)
+    return atomic_write_text(path, text)
 
 
 def read_results(path: str | os.PathLike) -> dict[str, Any]:

@@ -20,6 +20,8 @@ from typing import Any, Union
 
 import yaml
 
+from .._io import atomic_write_text
+
 __all__ = [
     'DARTS_OPS', 'CIFAR_SEARCH_OPS', 'IMAGENET_SEARCH_OPS', 'MBCONV_CHOICES', 'NODES_PER_CELL',
     'GenotypeError', 'Branch', 'Cell', 'DartsGenotype', 'MBConvBackbone', 'MBConvGenotype', 'Genotype',
@@ -166,13 +168,7 @@ def _with_meta(genotype: Genotype, body: dict[str, Any]) -> dict[str, Any]:
 
 def _write_yaml(data: dict[str, Any], path: str | os.PathLike) -> Path:
     """Write atomically (temp file + rename) so that a crash never leaves half a genotype behind."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f'.{path.name}.tmp{os.getpid()}')
-    with open(tmp, 'w') as f:
-        yaml.safe_dump(data, f, sort_keys=False, default_flow_style=None)
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, yaml.safe_dump(data, sort_keys=False, default_flow_style=None))
 
 
 # ------------------------------------------------------------------------------------------------------ validation

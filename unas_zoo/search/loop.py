@@ -47,6 +47,7 @@ from torch import Tensor, nn
 from torch.optim.lr_scheduler import CosineAnnealingLR
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from unas_zoo._io import atomic_path, atomic_write_text
 from unas_zoo.data import create_dataset, dataset_info, split_train_val
 from .config import SearchConfig, SearchConfigError, config_to_dict, mbconv_backbone
 from .distributions import ArchDistribution, DartsCellDistribution, MBConvDistribution
@@ -411,15 +412,8 @@ def _build_cost(cfg: SearchConfig, dist: ArchDistribution, num_classes: int, dev
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f'.{path.name}.tmp{os.getpid()}')
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def _atomic_text(text: str, path: Path) -> None:
-    tmp = path.with_name(f'.{path.name}.tmp{os.getpid()}')
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 @torch.no_grad()
@@ -614,21 +608,21 @@ class _Run:
         self._genotype(False, {'val_acc': record['val_acc'], 'val_loss': record['val_loss']}).to_yaml(
             epochs_dir / f'genotype_epoch{self.epoch:03d}.yaml')
         choices = {name: [str(c) for c in labels] for name, labels in self.parts.dist.choices.items()}
-        _atomic_text(json.dumps({'choices': choices, 'history': self.history}, indent=1), self.out_dir /
-                     'probabilities.json')
+        atomic_write_text(self.out_dir / 'probabilities.json',
+                          json.dumps({'choices': choices, 'history': self.history}, indent=1))
         rows = io.StringIO()
         writer = csv.writer(rows)
         writer.writerow(['epoch', 'variable', 'choice', 'probability'])
         for entry in self.history:
             for name, probs in entry['probabilities'].items():
                 writer.writerows([entry['epoch'], name, label, p] for label, p in zip(choices[name], probs))
-        _atomic_text(rows.getvalue(), self.out_dir / 'probabilities.csv')
+        atomic_write_text(self.out_dir / 'probabilities.csv', rows.getvalue())
         keys = list(dict.fromkeys(k for r in self.epoch_log for k in r))
         rows = io.StringIO()
         writer = csv.DictWriter(rows, fieldnames=keys)
         writer.writeheader()
         writer.writerows(self.epoch_log)
-        _atomic_text(rows.getvalue(), self.out_dir / 'summary.csv')
+        atomic_write_text(self.out_dir / 'summary.csv', rows.getvalue())
         _plot_probabilities(choices, self.history, self.out_dir / 'probabilities.png')
 
     # ---- the loop
@@ -715,7 +709,7 @@ class _Run:
             genotype.to_yaml(path)
             if cost is not None:
                 summary = cost.summary(genotype)
-                _atomic_text(summary + '\n', self.out_dir / 'cost_summary.txt')
+                atomic_write_text(self.out_dir / 'cost_summary.txt', summary + '\n')
                 self._log(summary)
         if self.cfg.save_rank_state:
             _atomic_save({'dist': self.parts.dist.state_dict(), 'supernet': self.parts.supernet.state_dict()},
@@ -769,10 +763,9 @@ def _plot_probabilities(choices: dict[str, list[str]], history: list[dict], path
     fig.legend(handles, shared, loc='lower center', ncol=min(8, len(shared)), fontsize=7)
     fig.suptitle('architecture probabilities per epoch', fontsize=9)
     fig.tight_layout(rect=(0, 0.06, 1, 0.97))
-    tmp = path.with_name(f'.{path.stem}.tmp{os.getpid()}.png')
-    fig.savefig(tmp, dpi=100)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 # ------------------------------------------------------------------------------------------------------- driver
@@ -819,7 +812,7 @@ def run_search(config: SearchConfig, *, resume: bool = False, progress: bool = T
     if procs.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         if not resume:
-            _atomic_text(yaml.safe_dump(config_to_dict(config), sort_keys=False), out_dir / CONFIG_FILE)
+            atomic_write_text(out_dir / CONFIG_FILE, yaml.safe_dump(config_to_dict(config), sort_keys=False))
         run._log(f'search: {config.space} space on {config.dataset}, {config.estimator} estimator, objective '
                  f'{config.objective}, {run.steps_per_epoch} steps per epoch x {config.epochs} epochs '
                  f'({config.warmup_epochs} warm-up), {procs.world_size} process(es) on {procs.device}; '
