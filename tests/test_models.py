@@ -90,7 +90,7 @@ def test_forward_and_default_cfg(name):
     assert model.num_classes == cfg['num_classes'] and model.num_features > 0 and model.head_hidden_size > 0
     assert model.in_chans == 3 and model.drop_rate == 0. and model.drop_path_rate == 0.
     assert len(cfg['mean']) == len(cfg['std']) == cfg['input_size'][0] == 3
-    assert cfg['hf_hub_id'] == f'unas-zoo/{name}'
+    assert cfg.get('hf_hub_id') is None  # nothing published yet (see test_pretrained_listing_tells_the_truth)
     if '_cifar' in name:
         assert cfg['input_size'] == (3, 32, 32) and cfg['crop_pct'] == 1.0
         assert cfg['num_classes'] == (100 if name == 'unas_cifar100' else 10)
@@ -429,6 +429,13 @@ def test_mbconv_is_a_timm_efficientnet_with_the_backbone():
 
 # -------------------------------------------------------------------------------------------------------- weights
 
+def test_pretrained_listing_tells_the_truth():
+    """timm lists a model as pretrained when its cfg names a weight source: only published weights may do so."""
+    assert not set(MODEL_NAMES) & {m.split('.')[0] for m in timm.list_pretrained()}
+    assert not any(timm.get_pretrained_cfg(name).has_weights for name in MODEL_NAMES)
+    assert _builder.hub_id('unas_cifar10') == 'unas-zoo/unas_cifar10'
+
+
 def test_pretrained_without_published_weights_fails_clearly(monkeypatch):
     def no_network(*args, **kwargs):
         raise AssertionError('the Hub must not be contacted')
@@ -475,16 +482,23 @@ def test_published_weights_load_from_the_hub_id(name, tmp_path, monkeypatch):
         return str(file)
     monkeypatch.setattr(timm.models._hub, 'hf_hub_download', fake_hub_download)
     monkeypatch.setattr(_builder, 'PUBLISHED_WEIGHTS', frozenset({name}))
+    # Publishing is one line in PUBLISHED_WEIGHTS, read when the cfgs are generated: hand the cfg over as generated.
+    published = _builder._cfg(name)
+    assert published['hf_hub_id'] == f'unas-zoo/{name}'
+    overlay = dict(hf_hub_id=published['hf_hub_id'])
 
     first_conv = source.pretrained_cfg['first_conv'] + '.weight'
     x = _inputs(1, (1, *_input_size(name, 64)[1:]))
     with torch.no_grad():
-        five = timm.create_model(name, pretrained=True, in_chans=1, num_classes=5).eval()
+        five = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, in_chans=1, num_classes=5)
+        five.eval()
         assert torch.allclose(five.state_dict()[first_conv][:, 0], source.state_dict()[first_conv].sum(1))
         assert five(x).shape == (1, 5)
-        headless = timm.create_model(name, pretrained=True, in_chans=1, num_classes=0).eval()
+        headless = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, in_chans=1,
+                                     num_classes=0).eval()
         assert torch.equal(headless(x), five.forward_head(five.forward_features(x), pre_logits=True))
-        features = timm.create_model(name, pretrained=True, features_only=True).eval()
+        features = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, features_only=True)
+        features.eval()
         rgb = _inputs(1, _input_size(name, 64))
         assert torch.equal(features(rgb)[-1], source.forward_intermediates(rgb)[1][-1])
     assert downloads == [(f'unas-zoo/{name}', 'model.safetensors')] * 3

@@ -1,7 +1,8 @@
 """Pieces shared by the zoo's timm entrypoints: default cfgs, the genotype kwarg, weight availability.
 
-Weights for every zoo model are to be published on the Hugging Face Hub under ``HF_HUB_ORG``; until a model is in
-``PUBLISHED_WEIGHTS`` asking for them fails here with a clear message instead of an offline/404 traceback from the Hub.
+Weights for every zoo model are to be published on the Hugging Face Hub at ``hub_id(name)``. A cfg carries its
+``hf_hub_id`` only once the name is in ``PUBLISHED_WEIGHTS``, so ``timm.list_pretrained()`` lists exactly the published
+models; until then ``pretrained=True`` fails here with a clear message instead of timm's random-init warning.
 Local weights always load: ``pretrained=True, pretrained_cfg_overlay=dict(file='model.safetensors')``.
 """
 from __future__ import annotations
@@ -17,12 +18,12 @@ from ..data import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD
 from ..genotypes import DartsGenotype, Genotype, GenotypeError, MBConvGenotype, load
 
 __all__ = [
-    'HF_HUB_ORG', 'PUBLISHED_WEIGHTS', 'WeightsNotPublishedError', 'cifar_cfg', 'imagenet_cfg', 'resolve_genotype', 'check_pretrained_available',
-    'attach_genotype', 'export_model_args',
+    'HF_HUB_ORG', 'PUBLISHED_WEIGHTS', 'WeightsNotPublishedError', 'hub_id', 'cifar_cfg', 'imagenet_cfg',
+    'resolve_genotype', 'check_pretrained_available', 'attach_genotype', 'export_model_args',
 ]
 
 HF_HUB_ORG = 'unas-zoo'
-# Model names whose weights are on the Hub under HF_HUB_ORG; add a name once its weights are pushed.
+# Model names whose weights are on the Hub at hub_id(name): adding a name here is all publishing takes.
 PUBLISHED_WEIGHTS: frozenset[str] = frozenset()
 
 # Entrypoints whose architecture comes from the genotype= kwarg (the named ones fix it).
@@ -33,8 +34,16 @@ class WeightsNotPublishedError(RuntimeError):
     """``pretrained=True`` asked for Hub weights that have not been published yet."""
 
 
+def hub_id(model_name: str) -> str:
+    """The Hub repository a zoo model's weights are (or will be) published under."""
+    return f'{HF_HUB_ORG}/{model_name}'
+
+
 def _cfg(model_name: str, **kwargs: Any) -> dict[str, Any]:
-    return dict(hf_hub_id=f'{HF_HUB_ORG}/{model_name}', interpolation='bicubic', **kwargs)
+    # timm lists a model as pretrained whenever its cfg names a weight source: name one only for published weights.
+    if model_name in PUBLISHED_WEIGHTS:
+        kwargs['hf_hub_id'] = hub_id(model_name)
+    return dict(interpolation='bicubic', **kwargs)
 
 
 def cifar_cfg(model_name: str, num_classes: int = 10, **kwargs: Any) -> dict[str, Any]:
@@ -72,9 +81,9 @@ def check_pretrained_available(variant: str, pretrained: bool, pretrained_cfg: A
     explicit = cfg.file or cfg.state_dict is not None or cfg.url or cfg.source in ('hf-hub', 'local-dir')
     if explicit or (cfg.hf_hub_id and not cfg.hf_hub_id.startswith(f'{HF_HUB_ORG}/')):
         return
-    if variant not in PUBLISHED_WEIGHTS:
+    if variant not in PUBLISHED_WEIGHTS or not cfg.hf_hub_id:
         raise WeightsNotPublishedError(
-            f'{variant}: no pretrained weights are published yet (they will be at hf-hub:{cfg.hf_hub_id}). '
+            f'{variant}: no pretrained weights are published yet (they will be at hf-hub:{hub_id(variant)}). '
             f"Use pretrained=False, or load a local file: pretrained=True, "
             f"pretrained_cfg_overlay=dict(file='model.safetensors').")
 
