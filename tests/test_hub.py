@@ -133,3 +133,28 @@ def test_zoo_model_exports_its_genotype(tmp_path):
     config = json.loads((folder / 'config.json').read_text())
     assert config['unas_genotype']['name'] == 'unas_cifar10'
     shutil.rmtree(folder)
+
+
+@pytest.mark.parametrize('arch,genotype,kwargs,size', [
+    ('darts_cell_cifar', 'pdarts', {'init_channels': 4, 'layers': 3}, 32),
+    ('mbconv_net', 'proxylessnas_gpu', {'num_classes': 7}, 64),
+])
+def test_timm_save_for_hf_rebuilds_without_the_yaml(tmp_path, arch, genotype, kwargs, size):
+    """timm's own export (save_for_hf) of a model built from a genotype file: config.json holds the genotype itself,
+    so the folder rebuilds the same outputs after the YAML is gone."""
+    data = load_genotype(genotype).to_dict()
+    data['name'] = 'my_cell'
+    path = tmp_path / 'my_cell.yaml'
+    path.write_text(yaml.safe_dump(data))
+    torch.manual_seed(0)
+    model = timm.create_model(arch, genotype=str(path), **kwargs).eval()
+    out = tmp_path / 'hf'
+    timm.models.save_for_hf(model, str(out), safe_serialization=True)
+    path.unlink()
+    config = json.loads((out / 'config.json').read_text())
+    assert config['architecture'] == arch and config['model_args']['genotype']['name'] == 'my_cell'
+    rebuilt = timm.create_model(f'local-dir:{out}', pretrained=True).eval()
+    assert rebuilt.genotype == model.genotype
+    x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.equal(rebuilt(x), model(x))

@@ -391,6 +391,25 @@ def test_export_model_args_rebuild_from_json():
         == '5x5_e3'
 
 
+def test_recorded_genotype_argument_is_the_genotype_itself(tmp_path):
+    """What timm's save_for_hf writes (get_model_args) holds the genotype as a dict whatever form built the model,
+    for the plain nets, their features_only wrappers, and nets built without create_model."""
+    path = tmp_path / 'cell.yaml'
+    load('pdarts').to_yaml(path)
+    for genotype in (str(path), load('pdarts').to_dict(), load('pdarts'), 'pdarts'):
+        for kwargs in ({}, {'features_only': True}):
+            model = timm.create_model('darts_cell_cifar', genotype=genotype, layers=3, init_channels=4, **kwargs)
+            assert timm.models.get_model_args(model)['genotype'] == load('pdarts').to_dict()
+    mbconv_file = tmp_path / 'mb.yaml'
+    load('proxylessnas_gpu').to_yaml(mbconv_file)
+    for kwargs in ({}, {'features_only': True}):
+        model = timm.create_model('mbconv_net', genotype=str(mbconv_file), **kwargs)
+        assert isinstance(model, (mbconv.MBConvNet, mbconv.MBConvFeatures))
+        assert timm.models.get_model_args(model)['genotype']['name'] == 'proxylessnas_gpu'
+    direct = mbconv.build_mbconv(str(mbconv_file))
+    assert timm.models.get_model_args(direct)['genotype'] == load('proxylessnas_gpu').to_dict()
+
+
 # ---------------------------------------------------------------------------------------------------- MBConv nets
 
 def test_mbconv_arch_def_omits_zero_layers():

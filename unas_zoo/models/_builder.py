@@ -11,7 +11,8 @@ import os
 from typing import Any
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.models import resolve_pretrained_cfg
+from timm.models import get_model_args, resolve_pretrained_cfg
+from timm.models._features import FeatureGetterNet
 from torch import nn
 
 from ..data import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD
@@ -19,7 +20,8 @@ from ..genotypes import DartsGenotype, Genotype, GenotypeError, MBConvGenotype, 
 
 __all__ = [
     'HF_HUB_ORG', 'PUBLISHED_WEIGHTS', 'WeightsNotPublishedError', 'hub_id', 'cifar_cfg', 'imagenet_cfg',
-    'resolve_genotype', 'check_pretrained_available', 'attach_genotype', 'export_model_args',
+    'resolve_genotype', 'check_pretrained_available', 'GenotypeModelArgs', 'GenotypeFeatureGetterNet',
+    'attach_genotype', 'export_model_args',
 ]
 
 HF_HUB_ORG = 'unas-zoo'
@@ -88,6 +90,33 @@ def check_pretrained_available(variant: str, pretrained: bool, pretrained_cfg: A
             f"pretrained_cfg_overlay=dict(file='model.safetensors').")
 
 
+class GenotypeModelArgs:
+    """Mixin: the ``genotype`` reconstruction argument is the genotype itself (a plain dict), never a path.
+
+    timm's factory records the entrypoint kwargs as ``model._model_args``; ``save_for_hf`` / ``push_to_hf_hub`` write
+    them to config.json. A YAML path there would not load anywhere else, so a generic-entrypoint model reports its
+    genotype as a dict (also when it was built without ``create_model``).
+    """
+    __jit_unused_properties__ = ['_model_args']
+
+    @property
+    def _model_args(self) -> dict[str, Any]:
+        args = dict(self.__dict__.get('_recorded_model_args', {}))
+        genotype = self.__dict__.get('genotype')
+        architecture = (getattr(self, 'pretrained_cfg', None) or {}).get('architecture')
+        if genotype is not None and ('genotype' in args or architecture in _GENERIC_ENTRYPOINTS):
+            args['genotype'] = genotype.to_dict()
+        return args
+
+    @_model_args.setter
+    def _model_args(self, args: dict[str, Any]) -> None:
+        self.__dict__['_recorded_model_args'] = dict(args)
+
+
+class GenotypeFeatureGetterNet(GenotypeModelArgs, FeatureGetterNet):
+    """timm's ``getter`` feature wrapper (``features_only=True`` on the DARTS nets) recording the genotype itself."""
+
+
 def attach_genotype(model: nn.Module, genotype: Genotype) -> nn.Module:
     """Record the genotype on a built model (a feature wrapper records it too) so it can be saved and rebuilt."""
     model.genotype = genotype
@@ -98,15 +127,15 @@ def attach_genotype(model: nn.Module, genotype: Genotype) -> nn.Module:
 
 
 def export_model_args(model: nn.Module) -> dict[str, Any]:
-    """JSON-serialisable kwargs that rebuild a generic-entrypoint model: ``create_model(arch, **args)``.
+    """JSON-serialisable kwargs that rebuild a zoo model: ``create_model(arch, **args)``.
 
-    Pass them as ``model_args=`` to timm's ``push_to_hub`` / ``save_config_for_hf``; the genotype goes in as a plain
-    dict, so the Hub ``config.json`` alone rebuilds the network.
+    timm's public ``get_model_args`` (what ``save_for_hf`` writes to config.json), checked to hold no genotype path.
     """
     genotype = getattr(model, 'genotype', None)
     if not isinstance(genotype, (DartsGenotype, MBConvGenotype)):
         raise ValueError(f'{type(model).__name__} carries no genotype; build it with a unas_zoo entrypoint')
-    args = {k: v for k, v in getattr(model, '_model_args', {}).items() if k != 'genotype'}
-    if model.pretrained_cfg.get('architecture') in _GENERIC_ENTRYPOINTS:
-        args['genotype'] = genotype.to_dict()
+    args = get_model_args(model)
+    if 'genotype' in args and not isinstance(args['genotype'], dict):
+        raise ValueError(f'{type(model).__name__} records genotype={args["genotype"]!r}, which would not load '
+                         f'elsewhere; build it with the default features_only wrapper or without features_only')
     return args

@@ -13,15 +13,16 @@ from functools import partial
 from typing import Any, Union
 
 from timm.layers import get_act_layer
-from timm.models import generate_default_cfgs, register_model
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._efficientnet_builder import decode_arch_def
-from timm.models.efficientnet import EfficientNet, _create_effnet
+from timm.models._builder import pretrained_cfg_for_features
+from timm.models.efficientnet import EfficientNet, EfficientNetFeatures
 from torch import nn
 
 from ..genotypes import Genotype, MBConvGenotype, parse_mbconv_choice
-from ._builder import attach_genotype, check_pretrained_available, imagenet_cfg, resolve_genotype
+from ._builder import GenotypeModelArgs, attach_genotype, check_pretrained_available, imagenet_cfg, resolve_genotype
 
-__all__ = ['mbconv_arch_def', 'build_mbconv']
+__all__ = ['MBConvNet', 'MBConvFeatures', 'mbconv_arch_def', 'build_mbconv']
 
 
 def mbconv_arch_def(genotype: Union[str, os.PathLike, dict, Genotype]) -> list[list[str]]:
@@ -42,13 +43,34 @@ def mbconv_arch_def(genotype: Union[str, os.PathLike, dict, Genotype]) -> list[l
     return arch_def
 
 
+class MBConvNet(GenotypeModelArgs, EfficientNet):
+    """timm's EfficientNet that records its genotype itself as the reconstruction argument (for config.json)."""
+
+
+class MBConvFeatures(GenotypeModelArgs, EfficientNetFeatures):
+    """timm's EfficientNetFeatures (``features_only=True``) recording its genotype the same way."""
+
+
+def _build_effnet(variant: str, pretrained: bool, **kwargs: Any) -> nn.Module:
+    """Build with timm's EfficientNet model classes as timm's efficientnet entrypoints do, through our subclasses."""
+    features_only = kwargs.pop('features_only', False)
+    if features_only and 'feature_cfg' not in kwargs and 'feature_cls' not in kwargs:
+        # timm's native feature class: no head, weights loaded non-strictly (the checkpoint has one).
+        model = build_model_with_cfg(MBConvFeatures, variant, pretrained, pretrained_strict=False,
+                                     kwargs_filter=('num_classes', 'num_features', 'head_conv', 'global_pool'),
+                                     **kwargs)
+        model.pretrained_cfg = model.default_cfg = pretrained_cfg_for_features(model.pretrained_cfg)
+        return model
+    return build_model_with_cfg(MBConvNet, variant, pretrained, features_only=features_only, **kwargs)
+
+
 def _exact_channels(channels: int) -> int:
     """Widths come from the genotype verbatim (timm would otherwise round them to multiples of 8)."""
     return channels
 
 
 def build_mbconv(genotype: Union[str, os.PathLike, dict, Genotype], variant: str = 'mbconv_net',
-                 pretrained: bool = False, **kwargs: Any) -> EfficientNet:
+                 pretrained: bool = False, **kwargs: Any) -> nn.Module:
     """Build the timm EfficientNet for an mbconv genotype with ``variant``'s pretrained cfg.
 
     ``kwargs`` are timm model kwargs (num_classes, in_chans, drop_rate, drop_path_rate, features_only, device, ...).
@@ -56,7 +78,7 @@ def build_mbconv(genotype: Union[str, os.PathLike, dict, Genotype], variant: str
     check_pretrained_available(variant, pretrained, kwargs.get('pretrained_cfg'), kwargs.get('pretrained_cfg_overlay'))
     genotype = resolve_genotype(genotype, MBConvGenotype, variant)
     backbone = genotype.backbone
-    model = _create_effnet(
+    model = _build_effnet(
         variant,
         pretrained,
         block_args=decode_arch_def(mbconv_arch_def(genotype)),
