@@ -64,6 +64,17 @@ def test_saved_folder_rebuilds_the_model_bit_for_bit(tmp_path, trained):
 
     card = (folder / 'README.md').read_text()
     assert 'library_name: timm' in card and 'vahdat2020unas' in card
+    front = yaml.safe_load(card.split('---\n')[1])  # the Hub's metadata block
+    assert front['library_name'] == 'timm' and front['pipeline_tag'] == 'image-classification'
+    assert {'image-classification', 'timm'} <= set(front['tags']) and 'transformers' not in front['tags']
+    assert front['license'] == 'apache-2.0' and front['datasets'] == ['digits']
+    details = card.split('## Model Details\n')[1].split('\n## ')[0]
+    for stat in ('Params (M)', 'GMACs', 'Activations (M)', 'Image size: 32x32'):
+        assert stat in details
+    activations = float(details.split('Activations (M): ')[1].split()[0])
+    assert 0 < activations < 100
+    usage = card.split('## Model Usage\n')[1].split('\n## ')[0]
+    assert usage.count('import unas_zoo') == 3 and usage.count("create_model('hf-hub:") == 3
     assert 'final_entropy: 1.25' in card and 'estimator: rebar' in card  # search provenance
     assert '![genotype_normal](genotype_normal.svg)' in card
     assert f'{results["top1"]:.2f}' in card and f'{results["params"] / 1e6:.3f}' in card

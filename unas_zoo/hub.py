@@ -2,9 +2,9 @@
 rebuilds it without any genotype YAML.
 
 The folder is written by timm's ``save_for_hf`` (safetensors only); ``config.json`` carries the genotype in
-``model_args`` (timm passes ``model_args`` to the entrypoint on load), and beside it go a model card built with timm's
-``generate_readme`` (complexity, metrics from validate.py, search provenance, citation), the cell diagrams and the
-results file. ``push`` uploads that folder with ``huggingface_hub.HfApi``, the same calls as timm's
+``model_args`` (timm passes ``model_args`` to the entrypoint on load), and beside it go a model card in the layout of
+timm's Hub cards (front matter, Model Details, usage, metrics from validate.py, search provenance, citation), the cell
+diagrams and the results file. ``push`` uploads that folder with ``huggingface_hub.HfApi``, the same calls as timm's
 ``push_to_hf_hub``, which cannot add files of its own and writes its card only when the repository has none.
 
     python -m unas_zoo.hub save --checkpoint output/train/RUN/last.pth.tar --output hub/my_model
@@ -24,12 +24,12 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import timm
+import torch
 import torch.nn as nn
 import yaml
 from huggingface_hub import HfApi
 from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError
 from timm.models import save_for_hf
-from timm.models._hub import generate_readme
 
 from .complexity import complexity, mobile_setting
 from .genotypes import Genotype, load as load_genotype
@@ -88,6 +88,56 @@ def _draw_cells(genotype: Genotype, folder: Path) -> list[Path]:
 
 
 _SPACES = {'darts': 'DARTS-space cell network', 'mbconv': 'MBConv (ProxylessNAS-space) network'}
+# Hub metadata as on timm's own cards, minus the 'transformers' tag: its timm wrapper cannot build an architecture
+# that only exists after `import unas_zoo`.
+_TAGS = ('image-classification', 'timm', 'unas_zoo')
+_LICENSE = 'apache-2.0'
+
+
+def _activations(model: nn.Module, input_size: tuple[int, ...]) -> int:
+    """Output elements of convs and linears for one image: the 'Activations' timm's cards report (fvcore's count)."""
+    from fvcore.nn import ActivationCountAnalysis
+    first = next(model.parameters())
+    x = torch.zeros((1, *input_size), device=first.device, dtype=first.dtype)
+    with torch.no_grad():
+        analysis = ActivationCountAnalysis(model.eval(), x).unsupported_ops_warnings(False)
+        return int(analysis.tracer_warnings('none').uncalled_modules_warnings(False).total())
+
+
+def _front_matter(datasets: Sequence[str]) -> str:
+    lines = ['---', 'tags:', *[f'- {t}' for t in _TAGS], 'library_name: timm', 'pipeline_tag: image-classification',
+             f'license: {_LICENSE}']
+    if datasets:
+        lines += ['datasets:', *[f'- {d.lower()}' for d in datasets]]
+    return '\n'.join(lines + ['---']) + '\n'
+
+
+def _details(details: dict[str, Any]) -> str:
+    text = '\n## Model Details\n'
+    for key, value in details.items():
+        if isinstance(value, dict):
+            text += f'- **{key}:**\n' + ''.join(f'  - {k}: {v}\n' for k, v in value.items())
+        elif isinstance(value, (list, tuple)):
+            text += f'- **{key}:**\n' + ''.join(f'  - {v}\n' for v in value)
+        else:
+            text += f'- **{key}:** {value}\n'
+    return text
+
+
+def _usage(model_id: str) -> str:
+    """timm's card snippets (classification, feature maps, embeddings), each starting with ``import unas_zoo``."""
+    load = f"import timm, torch\nimport unas_zoo  # registers the architectures with timm\n\n"
+    transform = ('data_config = timm.data.resolve_model_data_config(model)\n'
+                 'transform = timm.data.create_transform(**data_config, is_training=False)\n')
+    return (f'\n## Model Usage\n### Image Classification\n```python\n{load}'
+            f"model = timm.create_model('{model_id}', pretrained=True).eval()\n{transform}"
+            'with torch.no_grad():\n    probabilities = model(transform(img).unsqueeze(0)).softmax(dim=-1)\n```\n'
+            f'\n### Feature Map Extraction\n```python\n{load}'
+            f"model = timm.create_model('{model_id}', pretrained=True, features_only=True).eval()\n{transform}"
+            'feature_maps = model(transform(img).unsqueeze(0))  # one tensor per resolution\n```\n'
+            f'\n### Image Embeddings\n```python\n{load}'
+            f"model = timm.create_model('{model_id}', pretrained=True, num_classes=0).eval()\n{transform}"
+            'embedding = model(transform(img).unsqueeze(0))  # (1, num_features)\n```\n')
 
 
 def model_card(
@@ -100,34 +150,32 @@ def model_card(
         diagrams: Sequence[str] = (),
         repo_id: str | None = None,
 ) -> str:
-    """README.md: timm's card layout plus the architecture, the validation metrics and the search provenance."""
+    """README.md in timm's Hub card layout plus the architecture, the validation metrics and the search provenance.
+
+    ``counts`` is :func:`unas_zoo.complexity` output; an ``activations`` entry adds the activation count.
+    """
+    stats = {
+        'Params (M)': f'{counts["params"] / 1e6:.3f}',
+        'GMACs': f'{counts["macs"] / 1e9:.3f}',
+        'Activations (M)': f'{counts["activations"] / 1e6:.2f}' if 'activations' in counts else None,
+        'Image size': 'x'.join(str(s) for s in counts['input_size'][1:]),
+        'fvcore total (M)': f'{counts["fvcore_total"] / 1e6:.1f}',
+        'Mobile setting (< 600M MACs)': 'yes' if mobile_setting(counts['macs']) else 'no',
+    }
     details = {
-        'Model Type': 'Image classification',
-        'Model Stats': {
-            'Params (M)': f'{counts["params"] / 1e6:.3f}',
-            'MACs, conv + linear (M)': f'{counts["macs"] / 1e6:.1f}',
-            'fvcore total (M)': f'{counts["fvcore_total"] / 1e6:.1f}',
-            'Image size': 'x'.join(str(s) for s in counts['input_size'][1:]),
-            'Mobile setting (< 600M MACs)': 'yes' if mobile_setting(counts['macs']) else 'no',
-        },
+        'Model Type': 'Image classification / feature backbone',
+        'Model Stats': {k: v for k, v in stats.items() if v is not None},
         'Architecture': f'{architecture} ({genotype.space} genotype {genotype.name!r})' if genotype else architecture,
         'Papers': ['UNAS: Differentiable Architecture Search Meets Reinforcement Learning: '
                    'https://arxiv.org/abs/1912.07651'],
     }
     if dataset:
         details['Dataset'] = dataset
-    card = {
-        'description': f'A {_SPACES[genotype.space] if genotype else "timm model"} trained with the train.py of '
-                       'unas_zoo (UNAS, Vahdat et al., CVPR 2020). config.json carries the genotype, so loading needs '
-                       'no YAML file, only `pip install unas_zoo` (which registers the architectures with timm).',
-        'details': details,
-        'usage': (f'```python\nimport timm, unas_zoo  # unas_zoo registers the architectures\n\n'
-                  f"model = timm.create_model('hf-hub:{repo_id or 'ORG/' + name}', pretrained=True).eval()\n"
-                  f'data_config = timm.data.resolve_model_data_config(model)\n'
-                  f'transform = timm.data.create_transform(**data_config, is_training=False)\n```\n'),
-        'license': 'apache-2.0',
-    }
-    text = generate_readme(card, name)  # timm's layout; the citation goes last, after the sections below
+    text = _front_matter([dataset] if dataset else []) + f'# Model card for {name}\n'
+    text += (f'\nA {_SPACES[genotype.space] if genotype else "timm model"} trained with the train.py of unas_zoo '
+             '(UNAS, Vahdat et al., CVPR 2020). config.json carries the genotype, so loading needs no YAML file, only '
+             '`pip install unas_zoo` and `import unas_zoo` (which registers the architectures with timm).\n')
+    text += _details(details) + _usage(f"hf-hub:{repo_id or 'ORG/' + name}")
     if results and any(k in results for k in ('top1', 'top5', 'loss')):
         text += '\n## Metrics (validate.py)\n| dataset | split | images | top-1 (%) | top-5 (%) | loss |\n' \
                 '|---|---|---|---|---|---|\n'
@@ -157,6 +205,7 @@ def _write_folder(folder: Path, name: str, model: nn.Module, stored: dict[str, A
     model_config = {'unas_genotype': genotype.to_dict()} if genotype is not None else None
     save_for_hf(model, str(folder), model_config=model_config, safe_serialization=True, data_config=data_config)
     counts = complexity(model, data_config['input_size'] if data_config else None)
+    counts['activations'] = _activations(model, counts['input_size'])
     results = read_results(results_file) if results_file else None
     if results_file:
         shutil.copyfile(results_file, folder / f'results{Path(results_file).suffix.lower()}')
