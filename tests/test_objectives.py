@@ -83,6 +83,23 @@ def test_objective_rejects_bad_values():
         Objective('test')
     with pytest.raises(ValueError, match='gen_lambda'):
         Objective(gen_lambda=-1)
+    with pytest.raises(ValueError, match="gen_gap 'mean'; allowed values are \\['pair', 'batch'\\]"):
+        Objective(gen_gap='mean')
+
+
+def test_batch_gen_gap_is_the_gap_of_the_batch_means():
+    """Eq. 8 read literally for one architecture per batch: |mean L_val - mean L_train|, not the mean of |gaps|."""
+    dist = DartsCellDistribution()
+    indices = {name: 0 for name in dist.choices}
+    one_arch = _one_hot_weights(dist, indices)
+    train, val = torch.tensor([1.0, 2.0]), torch.tensor([2.0, 1.0])            # the per-pair gaps cancel in the means
+    batch = Objective(gen_lambda=0.5, arch_lambda=0.2, gen_gap='batch')
+    assert float(batch(one_arch, train, val)) == pytest.approx(1.5 + 0.2 * 8)
+    assert float(Objective(gen_lambda=0.5, arch_lambda=0.2)(one_arch, train, val)) == pytest.approx(2.0 + 0.2 * 8)
+    assert float(Objective('train', gen_gap='batch', arch_lambda=0)(one_arch, train, val)) == pytest.approx(1.5)
+    per_example = {k: v.expand(2, -1) for k, v in one_arch.items()}
+    with pytest.raises(ValueError, match="gen_gap 'batch' needs one architecture per batch"):
+        batch(per_example, train, val)
 
 
 def test_gen_objective_gradient_reaches_relaxed_weights_through_a_loss():

@@ -2,7 +2,8 @@
 
 The paper's search objective (Eq. 8) is ``L_gen = L_train + λ |L_val − L_train|``, taken per example *pair*: example
 ``i`` of the train batch and example ``i`` of the validation batch run the same sampled architecture, so the gap is
-measured for that architecture. App. A.2 adds ``λ_arch Σ_n tr([i_n ⊗ o_n][i'_n ⊗ o'_n]^T)``, which is 1 for every
+measured for that architecture (as the authors' released code does). Eq. 8 writes the gap of the architecture's
+losses; with one architecture per batch, ``gen_gap='batch'`` takes that literally: ``|mean ℓ_val − mean ℓ_train|``. App. A.2 adds ``λ_arch Σ_n tr([i_n ⊗ o_n][i'_n ⊗ o'_n]^T)``, which is 1 for every
 node whose two branches pick the same (input, op) pair. A non-differentiable cost (latency, issue 4) plugs in through
 ``Objective.cost`` and is estimated with RELAX by the estimator, not here.
 """
@@ -17,9 +18,10 @@ from torch import Tensor
 if TYPE_CHECKING:
     from .costs import CostTerm
 
-__all__ = ['OBJECTIVES', 'Objective', 'generalization_loss', 'architecture_penalty']
+__all__ = ['OBJECTIVES', 'GEN_GAPS', 'Objective', 'generalization_loss', 'architecture_penalty']
 
 OBJECTIVES = ('gen', 'train', 'val')
+GEN_GAPS = ('pair', 'batch')
 # A node's first input selector; its three siblings share the prefix (see distributions.py for the names).
 _NODE_INPUT0 = re.compile(r'^(?P<node>.+_node\d+)_input0$')
 
@@ -61,15 +63,19 @@ class Objective:
         gen_lambda: λ of the generalization gap.
         arch_lambda: λ_arch of the duplicate-branch penalty (0 disables it).
         cost: an optional non-differentiable cost term (``costs.CostTerm``) the estimator adds with RELAX.
+        gen_gap: 'pair' (mean of per-pair gaps) or 'batch' (gap of the batch means; one architecture per batch only).
     """
     kind: str = 'gen'
     gen_lambda: float = 0.5
     arch_lambda: float = 0.2
     cost: 'CostTerm | None' = None
+    gen_gap: str = 'pair'
 
     def __post_init__(self):
         if self.kind not in OBJECTIVES:
             raise ValueError(f'objective: unknown kind {self.kind!r}; allowed values are {list(OBJECTIVES)}')
+        if self.gen_gap not in GEN_GAPS:
+            raise ValueError(f'objective: unknown gen_gap {self.gen_gap!r}; allowed values are {list(GEN_GAPS)}')
         for name in ('gen_lambda', 'arch_lambda'):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
@@ -94,10 +100,16 @@ class Objective:
     def __call__(self, weights: dict[str, Tensor], train_losses: Tensor | None,
                  val_losses: Tensor | None) -> Tensor:
         """The loss the estimator differentiates: ``[N]`` for per-example weights, a scalar for ``[K]`` weights."""
-        loss = self.data_loss(train_losses, val_losses)
         per_example = next(iter(weights.values())).dim() == 2
-        if not per_example:
-            loss = loss.mean()
+        if self.gen_gap == 'batch' and self.kind == 'gen':
+            if per_example:
+                raise ValueError("objective: gen_gap 'batch' needs one architecture per batch ([K] weights); "
+                                 "per-example weights take gen_gap 'pair'")
+            loss = generalization_loss(train_losses.mean(), val_losses.mean(), self.gen_lambda)
+        else:
+            loss = self.data_loss(train_losses, val_losses)
+            if not per_example:
+                loss = loss.mean()
         if self.arch_lambda:
             loss = loss + self.arch_lambda * architecture_penalty(weights)
         return loss
