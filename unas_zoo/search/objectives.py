@@ -3,8 +3,9 @@
 The paper's search objective (Eq. 8) is ``L_gen = L_train + λ |L_val − L_train|``, taken per example *pair*: example
 ``i`` of the train batch and example ``i`` of the validation batch run the same sampled architecture, so the gap is
 measured for that architecture (as the authors' released code does). Eq. 8 writes the gap of the architecture's
-losses; with one architecture per batch, ``gen_gap='batch'`` takes that literally: ``|mean ℓ_val − mean ℓ_train|``. App. A.2 adds ``λ_arch Σ_n tr([i_n ⊗ o_n][i'_n ⊗ o'_n]^T)``, which is 1 for every
-node whose two branches pick the same (input, op) pair. A non-differentiable cost (latency, issue 4) plugs in through
+losses; with one architecture per batch, ``gen_gap='batch'`` takes that literally: ``|mean ℓ_val − mean ℓ_train|``.
+App. A.2 adds ``λ_arch Σ_n tr([i_n ⊗ o_n][i'_n ⊗ o'_n]^T)``, which is 1 for every node whose two branches pick the
+same (input, op) pair. A non-differentiable cost (latency, issue 4) plugs in through
 ``Objective.cost`` and is estimated with RELAX by the estimator, not here.
 """
 from __future__ import annotations
