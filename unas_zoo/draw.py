@@ -1,28 +1,38 @@
-"""Draw a genotype with graphviz: DARTS cells as DAGs, an MBConv net as the layer strip of the UNAS paper's Fig. 5.
+"""Draw a genotype with matplotlib: DARTS cells as layered DAGs, an MBConv net as the layer strip of UNAS's Fig. 5.
 
     python -m unas_zoo.draw unas_cifar10 -o cell.svg        # writes cell_normal.svg and cell_reduce.svg
     python -m unas_zoo.draw my_run/genotype.yaml -o net.png  # an MBConv genotype: writes net.png
 
 A DARTS genotype gives one file per cell: ``-o NAME.EXT`` writes ``NAME_normal.EXT`` and ``NAME_reduce.EXT``.
-An MBConv genotype gives one file, ``-o`` itself. The format (svg, png, pdf) follows the suffix. Rendering needs the
-graphviz ``dot`` program (Debian/Ubuntu: ``apt-get install graphviz``). Files are written atomically.
+An MBConv genotype gives one file, ``-o`` itself. The format (svg, png, pdf) follows the suffix. Pure Python: needs
+only matplotlib (``pip install 'unas_zoo[demo]'``), no system graphviz. SVG text stays text (searchable, testable).
+Files are written atomically.
 """
 from __future__ import annotations
 
 import argparse
 import os
-import shutil
-import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ._io import atomic_path
+from ._layered import Layout, layered_layout
 from .genotypes import Cell, DartsGenotype, Genotype, GenotypeError, MBConvGenotype, load, parse_mbconv_choice
 
-__all__ = ['DrawError', 'FORMATS', 'cell_to_dot', 'mbconv_to_dot', 'draw', 'render', 'main']
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+__all__ = ['DrawError', 'FORMATS', 'OP_COLORS', 'CHOICE_COLORS', 'draw', 'cell_layout', 'cell_figure', 'mbconv_figure',
+           'main']
 
 FORMATS = ('svg', 'png', 'pdf')
-FONT = 'helvetica'
+# DejaVu Sans ships with matplotlib, so text is measured and rendered alike everywhere; SVG viewers without it fall
+# back to a sans-serif of similar or smaller width.
+FONT = ['DejaVu Sans', 'sans-serif']
+DPI = 150
+TITLE_SIZE, STATE_SIZE, LABEL_SIZE = 12.0, 11.0, 9.0
+PAD, MARGIN, ARROW = 5.0, 12.0, 7.0
 # Edge colours by op: kernel size sets the hue family, pools and skips are muted.
 OP_COLORS = {
     'skip_connect': '#7f7f7f',
@@ -40,98 +50,18 @@ CHOICE_COLORS = {
     '5x5_e3': '#c7e9c0', '5x5_e6': '#74c476',
     '7x7_e3': '#fdd0a2', '7x7_e6': '#fd8d3c',
 }
+STATE_COLORS = {'input': '#b4eeb4', 'node': '#add8e6', 'output': '#eee8aa', 'fixed': '#e5e5e5'}
 
 
 class DrawError(ValueError):
-    """Drawing cannot proceed (bad output name, graphviz missing or failing); the message says what to do."""
+    """Drawing cannot proceed (bad output name, matplotlib missing); the message says what to do."""
 
 
-def _quote(text: str) -> str:
-    """A DOT double-quoted string (labels may come from user YAML, so escape them)."""
-    return '"' + ' '.join(str(text).split()).replace('\\', '\\\\').replace('"', '\\"') + '"'
-
-
-def _label(*lines: str) -> str:
-    return '"' + '\\n'.join(_quote(line)[1:-1] for line in lines) + '"'
-
-
-def cell_to_dot(cell: Cell, title: str) -> str:
-    """A DARTS cell as a DOT digraph: inputs c_{k-2}, c_{k-1}, the intermediate nodes, and the concat output c_{k}.
-
-    Each edge is one branch, labelled and coloured by its op.
-    """
-    states = ['c_{k-2}', 'c_{k-1}'] + [str(n) for n in range(len(cell.nodes))]
-    lines = [
-        f'digraph {_quote(title)} {{',
-        f'  graph [rankdir=LR, label={_quote(title)}, labelloc=t, fontname={FONT}, fontsize=18];',
-        f'  node [shape=box, style="rounded,filled", fontname={FONT}, fontsize=16, penwidth=1.5];',
-        f'  edge [fontname={FONT}, fontsize=13, penwidth=1.5];',
-        '  { rank=same; ' + ' '.join(_quote(s) for s in states[:2]) + ' }',
-    ]
-    lines += [f'  {_quote(s)} [fillcolor=darkseagreen2];' for s in states[:2]]
-    lines += [f'  {_quote(s)} [fillcolor=lightblue, shape=circle, fixedsize=true, width=0.5];' for s in states[2:]]
-    lines.append(f'  {_quote("c_{k}")} [fillcolor=palegoldenrod];')
-    for n, branch in cell.branches:
-        color = OP_COLORS.get(branch.op, 'black')
-        lines.append(f'  {_quote(states[branch.input])} -> {_quote(states[2 + n])} '
-                     f'[label={_quote(branch.op)}, color="{color}", fontcolor="{color}"];')
-    lines += [f'  {_quote(states[c])} -> {_quote("c_{k}")} [color=gray50];' for c in cell.concat]
-    lines.append('}')
-    return '\n'.join(lines) + '\n'
-
-
-def mbconv_to_dot(genotype: MBConvGenotype, title: str) -> str:
-    """An MBConv net as a left-to-right strip of layers, one box per layer (Fig. 5 of the UNAS paper).
-
-    Boxes are labelled with kernel and expansion and coloured by choice; box height grows with the kernel.
-    'zero' layers (removed from the net) are drawn as dashed empty boxes.
-    """
-    backbone = genotype.backbone
-    lines = [
-        f'digraph {_quote(title)} {{',
-        f'  graph [rankdir=LR, label={_quote(title)}, labelloc=t, fontname={FONT}, fontsize=18, nodesep=0.15, '
-        'ranksep=0.15, compound=true];',
-        f'  node [shape=box, style=filled, fontname={FONT}, fontsize=11, fillcolor=gray90, penwidth=1.2];',
-        '  edge [arrowsize=0.5];',
-        '  stem ' + f'[label={_label("stem", "conv 3x3 /2", str(backbone.stem_width))}];',
-        '  first ' + f'[label={_label("MB1 3x3", str(backbone.first_block_width))}];',
-    ]
-    chain = ['stem', 'first']
-    layer = 0
-    for s, (width, depth, stride) in enumerate(
-            zip(backbone.stage_widths, backbone.stage_depths, backbone.stage_strides)):
-        lines.append(f'  subgraph cluster_stage{s} {{')
-        stage_label = f'{width} ch' + (f', /{stride}' if stride > 1 else '')
-        lines.append(f'    graph [label={_quote(stage_label)}, style="rounded,dashed", color=gray60, fontsize=11];')
-        for _ in range(depth):
-            choice = genotype.layers[layer]
-            node = f'layer{layer + 1:02d}'
-            if choice == 'zero':
-                lines.append(f'    {node} [label={_label(f"L{layer + 1}", "zero", "(skipped)")}, style=dashed, '
-                             'color=gray60, fontcolor=gray50, height=0.5, width=0.6];')
-            else:
-                kernel, expansion = parse_mbconv_choice(choice)
-                label = _label(f'L{layer + 1}', choice, f'MB{expansion} {kernel}x{kernel}')
-                lines.append(f'    {node} [label={label}, fillcolor="{CHOICE_COLORS[choice]}", '
-                             f'height={0.4 + 0.15 * kernel:.2f}, width=0.7];')
-            chain.append(node)
-            layer += 1
-        lines.append('  }')
-    lines.append(f'  head [label={_label("conv 1x1", str(backbone.head_width))}];')
-    lines.append(f'  classifier [label={_label("pool", "FC")}];')
-    chain += ['head', 'classifier']
-    lines.append('  ' + ' -> '.join(chain) + ';')
-    lines.append('}')
-    return '\n'.join(lines) + '\n'
-
-
-def _dot_binary() -> str:
-    dot = shutil.which('dot')
-    if dot is None:
-        raise DrawError("graphviz 'dot' program not found on PATH; install graphviz "
-                        "(Debian/Ubuntu: sudo apt-get install graphviz; macOS: brew install graphviz; "
-                        "conda: conda install graphviz)")
-    return dot
+def _require_matplotlib() -> None:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise DrawError("drawing needs matplotlib, which is not installed: pip install 'unas_zoo[demo]'") from None
 
 
 def _output_format(output: Path) -> str:
@@ -142,18 +72,201 @@ def _output_format(output: Path) -> str:
     return fmt
 
 
-def render(dot_source: str, output: str | os.PathLike) -> Path:
-    """Render DOT text to ``output`` (format from its suffix) atomically: a temp file beside it, then a rename."""
-    output = Path(output)
+def _plain(text: str) -> str:
+    """One line of literal text (titles may come from user YAML): no newlines, and '$' never starts mathtext."""
+    return ' '.join(str(text).split()).replace('$', r'\$')
+
+
+def _text_size(text: str, size: float) -> tuple[float, float]:
+    """Width and height in points of (possibly multi-line) ``text`` at font ``size``, as matplotlib lays it out."""
+    from matplotlib.font_manager import FontProperties
+    from matplotlib.textpath import text_to_path
+    prop = FontProperties(family=FONT, size=size)
+    lines = text.split('\n')
+    width = max(text_to_path.get_text_width_height_descent(line, prop, ismath=False)[0] for line in lines)
+    return width, 1.2 * size * len(lines)
+
+
+def _canvas(width: float, height: float, left: float, top: float):
+    """A figure of ``width`` x ``height`` points whose data units are points, y down, origin at (-left, -top)."""
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(width / 72, height / 72))
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.set_xlim(-left, width - left)
+    ax.set_ylim(height - top, -top)
+    ax.axis('off')
+    return fig, ax
+
+
+def _save(fig, output: Path) -> Path:
+    """Write ``fig`` atomically; fixed metadata and SVG ids, so the same drawing gives the same bytes."""
+    import matplotlib
     fmt = _output_format(output)
-    dot = _dot_binary()
-    with atomic_path(output) as tmp:
-        result = subprocess.run([dot, f'-T{fmt}', '-o', str(tmp)], input=dot_source, text=True,
-                                capture_output=True, check=False)
-        if result.returncode != 0 or not tmp.is_file():
-            detail = ' '.join(result.stderr.split()) or f'exit code {result.returncode}'
-            raise DrawError(f'{output}: graphviz dot failed: {detail}')
+    metadata = {'svg': {'Date': None}, 'pdf': {'CreationDate': None}, 'png': {}}[fmt]
+    with matplotlib.rc_context({'svg.fonttype': 'none', 'svg.hashsalt': 'unas_zoo'}), atomic_path(output) as tmp:
+        fig.savefig(tmp, format=fmt, dpi=DPI, metadata=metadata)
     return output
+
+
+def _box(ax, x: float, y: float, width: float, height: float, text: str, size: float, fill: str,
+         edge: str = '#333333', text_color: str = 'black', dashed: bool = False, zorder: int = 2) -> None:
+    from matplotlib.patches import FancyBboxPatch
+    ax.add_patch(FancyBboxPatch((x - width / 2, y - height / 2), width, height, boxstyle='round,pad=0,rounding_size=4',
+                                facecolor=fill, edgecolor=edge, linewidth=1.0, linestyle='--' if dashed else '-',
+                                zorder=zorder))
+    ax.text(x, y, text, ha='center', va='center', fontsize=size, fontfamily=FONT, color=text_color,
+            linespacing=1.2, zorder=zorder + 1)
+
+
+def _arrow(ax, runs: tuple[tuple[float, float, float], ...], color: str) -> None:
+    """A line along horizontal ``runs`` (joined by S-curves) ending in an arrowhead at the last run's end."""
+    from matplotlib.patches import PathPatch, Polygon
+    from matplotlib.path import Path as MplPath
+    tip_x, tip_y = runs[-1][1], runs[-1][2]
+    verts: list[tuple[float, float]] = []
+    codes: list[int] = []
+    for i, (x0, x1, y) in enumerate(runs):
+        last = i == len(runs) - 1
+        if last:
+            x1 = tip_x - ARROW
+            x0 = min(x0, x1)
+        if i == 0:
+            verts.append((x0, y))
+            codes.append(MplPath.MOVETO)
+        else:
+            px, py = verts[-1]
+            bend = (x0 - px) / 2
+            verts += [(px + bend, py), (x0 - bend, y), (x0, y)]
+            codes += [MplPath.CURVE4] * 3
+        verts.append((x1, y))
+        codes.append(MplPath.LINETO)
+    ax.add_patch(PathPatch(MplPath(verts, codes), facecolor='none', edgecolor=color, linewidth=1.3, zorder=1))
+    head = [(tip_x, tip_y), (tip_x - ARROW, tip_y - 3), (tip_x - ARROW, tip_y + 3)]
+    ax.add_patch(Polygon(head, closed=True, facecolor=color, edgecolor=color, linewidth=0.5, zorder=1))
+
+
+STATES = ('c_{k-2}', 'c_{k-1}', 'c_{k}')  # a cell's two inputs and its output; nodes are named 0, 1, ...
+
+
+def cell_layout(cell: Cell) -> Layout:
+    """The cell's geometry in points: one edge per branch (labelled with its op), then one per concat input."""
+    _require_matplotlib()  # text is measured with matplotlib's fonts
+    nodes = [str(n) for n in range(len(cell.nodes))]
+    states = [*STATES[:2], *nodes]
+    sizes = {}
+    for state in STATES:
+        width, height = _text_size(state, STATE_SIZE)
+        sizes[state] = (width + 3 * PAD, height + 2 * PAD)
+    diameter = 2 * PAD + 1.2 * STATE_SIZE + 6
+    sizes = {state: sizes.get(state, (diameter, diameter)) for state in [*states, STATES[2]]}  # topological order
+    labels = {}
+    for _, branch in cell.branches:
+        width, height = _text_size(branch.op, LABEL_SIZE)
+        labels[branch.op] = (width + 2 * PAD, height + PAD)
+    edges = [(states[b.input], nodes[n], labels[b.op]) for n, b in cell.branches]
+    edges += [(states[c], STATES[2], None) for c in cell.concat]
+    return layered_layout(sizes, edges, last=STATES[2], circles=nodes)
+
+
+def cell_figure(cell: Cell, title: str) -> Figure:
+    """A DARTS cell as a matplotlib Figure: inputs c_{k-2}, c_{k-1}, the nodes, and the concat output c_{k}.
+
+    Each branch is an edge from its input to its node, labelled and coloured by its op; grey edges feed the concat.
+    """
+    layout = cell_layout(cell)
+    from matplotlib.patches import Circle
+    title_width, title_height = _text_size(_plain(title), TITLE_SIZE)
+    width = max(layout.width, title_width) + 2 * MARGIN
+    top = MARGIN + title_height + 2 * PAD
+    fig, ax = _canvas(width, layout.height + top + MARGIN, (width - layout.width) / 2, top)
+    ax.text(layout.width / 2, -top + MARGIN, _plain(title), ha='center', va='top', fontsize=TITLE_SIZE,
+            fontfamily=FONT, fontweight='bold')
+    ops = [b.op for _, b in cell.branches]
+    for e, runs in enumerate(layout.runs):
+        _arrow(ax, runs, OP_COLORS.get(ops[e], 'black') if e < len(ops) else '#999999')
+    for op, label in zip(ops, layout.labels):
+        color = OP_COLORS.get(op, 'black')
+        _box(ax, label.x, label.y, label.width, label.height, op, LABEL_SIZE, 'white', color, color, zorder=3)
+    for state, box in layout.nodes.items():
+        if state in STATES:
+            fill = STATE_COLORS['output' if state == STATES[2] else 'input']
+            _box(ax, box.x, box.y, box.width, box.height, state, STATE_SIZE, fill)
+        else:
+            ax.add_patch(Circle((box.x, box.y), box.width / 2, facecolor=STATE_COLORS['node'], edgecolor='#333333',
+                                linewidth=1.0, zorder=2))
+            ax.text(box.x, box.y, state, ha='center', va='center', fontsize=STATE_SIZE, fontfamily=FONT, zorder=3)
+    return fig
+
+
+def _mbconv_boxes(genotype: MBConvGenotype) -> list[list[tuple[str, str, float, bool]]]:
+    """Groups of (text, fill, extra height, dashed): the fixed stem, one group per stage, the fixed head."""
+    backbone = genotype.backbone
+    groups = [[(f'stem\nconv 3x3 /2\n{backbone.stem_width}', STATE_COLORS['fixed'], 0.0, False),
+               (f'MB1 3x3\n{backbone.first_block_width}', STATE_COLORS['fixed'], 0.0, False)]]
+    layer = 0
+    for depth in backbone.stage_depths:
+        group = []
+        for _ in range(depth):
+            choice = genotype.layers[layer]
+            layer += 1
+            if choice == 'zero':
+                group.append((f'L{layer}\nzero\n(skipped)', 'white', 0.0, True))
+            else:
+                kernel, expansion = parse_mbconv_choice(choice)
+                group.append((f'L{layer}\n{choice}\nMB{expansion} {kernel}x{kernel}', CHOICE_COLORS[choice],
+                              4.0 * kernel, False))
+        groups.append(group)
+    groups.append([(f'conv 1x1\n{backbone.head_width}', STATE_COLORS['fixed'], 0.0, False),
+                   ('pool\nFC', STATE_COLORS['fixed'], 0.0, False)])
+    return groups
+
+
+def mbconv_figure(genotype: MBConvGenotype, title: str) -> Figure:
+    """An MBConv net as a matplotlib Figure: a left-to-right strip of layers (Fig. 5 of the UNAS paper).
+
+    Boxes give kernel and expansion, coloured by choice and taller for larger kernels; dashed frames group the
+    stages (width, stride); 'zero' layers (removed from the net) are dashed empty boxes.
+    """
+    _require_matplotlib()
+    groups = _mbconv_boxes(genotype)
+    backbone = genotype.backbone
+    stage_labels = [f'{w} ch' + (f', /{s}' if s > 1 else '') for w, s in
+                    zip(backbone.stage_widths, backbone.stage_strides)]
+    box_width = max(_text_size(text, LABEL_SIZE)[0] for group in groups for text, *_ in group) + 2 * PAD
+    text_height = _text_size('L\nL\nL', LABEL_SIZE)[1]
+    tallest = text_height + 2 * PAD + max(extra for group in groups for _, _, extra, _ in group)
+    gap, frame = 2.5 * ARROW, PAD
+    label_height = _text_size('ch', LABEL_SIZE)[1]
+    centres, frames, x = [], [], 0.0
+    for g, group in enumerate(groups):
+        stage = 0 < g < len(groups) - 1
+        span = len(group) * box_width + (len(group) - 1) * gap
+        slack = max(_text_size(stage_labels[g - 1], LABEL_SIZE)[0] + 2 * PAD - span, 0.0) if stage else 0.0
+        x += (gap if g else 0.0) + (frame + slack / 2 if stage else 0.0)
+        if stage:
+            frames.append((x - frame - slack / 2, span + 2 * frame + slack, stage_labels[g - 1]))
+        centres += [x + i * (box_width + gap) + box_width / 2 for i in range(len(group))]
+        x += span + (frame + slack / 2 if stage else 0.0)
+    title_width, title_height = _text_size(_plain(title), TITLE_SIZE)
+    width = max(x, title_width) + 2 * MARGIN
+    top = MARGIN + title_height + 2 * PAD + label_height + frame
+    fig, ax = _canvas(width, top + tallest + frame + MARGIN, (width - x) / 2, top)
+    ax.text(x / 2, -top + MARGIN, _plain(title), ha='center', va='top', fontsize=TITLE_SIZE, fontfamily=FONT,
+            fontweight='bold')
+    from matplotlib.patches import FancyBboxPatch
+    for left, span, label in frames:
+        ax.add_patch(FancyBboxPatch((left, -frame), span, tallest + 2 * frame, boxstyle='round,pad=0,rounding_size=6',
+                                    facecolor='none', edgecolor='#999999', linestyle='--', linewidth=1.0))
+        ax.text(left + span / 2, -frame - 2, label, ha='center', va='bottom', fontsize=LABEL_SIZE, fontfamily=FONT,
+                color='#555555')
+    boxes = [box for group in groups for box in group]
+    middle = tallest / 2
+    for i, (centre, (text, fill, extra, dashed)) in enumerate(zip(centres, boxes)):
+        _box(ax, centre, middle, box_width, text_height + 2 * PAD + extra, text, LABEL_SIZE, fill,
+             '#999999' if dashed else '#333333', '#777777' if dashed else 'black', dashed)
+        if i:
+            _arrow(ax, ((centres[i - 1] + box_width / 2, centre - box_width / 2, middle),), '#555555')
+    return fig
 
 
 def draw(genotype: Genotype | str | os.PathLike | dict, output: str | os.PathLike) -> list[Path]:
@@ -164,14 +277,13 @@ def draw(genotype: Genotype | str | os.PathLike | dict, output: str | os.PathLik
     genotype = load(genotype)
     output = Path(output)
     _output_format(output)  # refuse a bad suffix before anything is drawn
-    _dot_binary()
+    _require_matplotlib()
     name = genotype.name or 'genotype'
     if isinstance(genotype, DartsGenotype):
-        return [
-            render(cell_to_dot(cell, f'{name}: {kind} cell'), output.with_name(f'{output.stem}_{kind}{output.suffix}'))
-            for kind, cell in (('normal', genotype.normal), ('reduce', genotype.reduce))
-        ]
-    return [render(mbconv_to_dot(genotype, f'{name}: MBConv layers 1-{len(genotype.layers)}'), output)]
+        cells = (('normal', genotype.normal), ('reduce', genotype.reduce))
+        return [_save(cell_figure(cell, f'{name}: {kind} cell'), output.with_stem(f'{output.stem}_{kind}'))
+                for kind, cell in cells]
+    return [_save(mbconv_figure(genotype, f'{name}: MBConv layers 1-{len(genotype.layers)}'), output)]
 
 
 class _OneLineParser(argparse.ArgumentParser):
