@@ -78,7 +78,7 @@ def _genotype_of(model: nn.Module) -> Genotype | None:
 
 
 def _draw_cells(genotype: Genotype, folder: Path) -> list[Path]:
-    """SVG diagrams of the cells; none (with a warning) when graphviz is missing."""
+    """SVG diagrams of the cells; none (with a warning) when matplotlib is missing."""
     from .draw import DrawError, draw
     try:
         return draw(genotype, folder / 'genotype.svg')
