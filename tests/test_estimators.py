@@ -1,14 +1,16 @@
 """Gradient estimators checked against the exact gradient of a small problem, obtained by enumerating every
-configuration. Unbiased estimators must land within a few standard errors of it; biased ones (Gumbel-softmax, REBAR
-without its correction term) must land far outside, so these tests can fail."""
+configuration. Unbiased estimators must land within a few standard errors of it; biased ones (Gumbel-softmax, DARTS,
+REBAR without its correction term) must land far outside, so these tests can fail."""
+import io
 import itertools
 
 import pytest
 import torch
 
-from unas_zoo.search.distributions import ArchDistribution, log_prob, relaxed_sample
+from unas_zoo.search import estimators
+from unas_zoo.search.distributions import ArchDistribution, RelaxedSample, log_prob, relaxed_sample
 from unas_zoo.search.estimators import (
-    ESTIMATORS, MovingAverageBaseline, estimate, single_sample_gradient)
+    ESTIMATORS, MovingAverageBaseline, RebarControl, estimate, single_sample_gradient)
 
 SIZES = {'a': 3, 'b': 4, 'c': 3}
 UNBIASED_Z = 4.5   # max |z| over the 10 logits allowed for an unbiased estimator (fixed seeds: deterministic)
@@ -33,6 +35,12 @@ def _problem(seed=0):
         return w['a'] @ u + w['b'] @ v + 0.3 * torch.einsum('...i,ij,...j->...', w['a'], a_b, w['b'])
 
     return logits, rough, smooth
+
+
+def _sharp(rough):
+    """rough + 4 sum_i w_b,i^2: the extra term is 4 on every one-hot (the exact gradient is rough's) but smaller on
+    relaxed vectors, so REBAR's learning signal f(H(b)) - f(zeta~) has a non-zero mean that a baseline removes."""
+    return lambda w: rough(w) + 4 * w['b'].pow(2).sum(-1)
 
 
 def _wrong_surrogate(w):
@@ -132,9 +140,28 @@ def _per_example(name, dist, loss_fn, num=20000, seed=2, **kwargs):
 
 
 @pytest.mark.parametrize('name,kwargs', [
+    ('reinforce', {}),
+    ('reinforce', {'baseline': 1.5}),
     ('reinforce', {'baseline': MovingAverageBaseline()}),
+    ('rloo', {}),
+    ('rebar', {}),
+    ('rebar', {'control': RebarControl(loo_baseline=True)}),
+    ('rebar', {'control': RebarControl(eta=0.4)}),
+    ('rebar', {'control': RebarControl(eta=1.7, loo_baseline=True, temperature=0.9)}),
+])
+def test_estimate_per_example_unbiased(name, kwargs):
+    """Every unbiased estimator, one loss, 20000 per-example draws against the enumerated gradient."""
+    logits, rough, _ = _problem()
+    _, samples = _per_example(name, _distribution(logits), _sharp(rough), **kwargs)
+    assert _max_z(samples, _exact_gradient(logits, rough)) < UNBIASED_Z
+
+
+@pytest.mark.parametrize('name,kwargs', [
+    ('reinforce', {'baseline': MovingAverageBaseline()}),
+    ('rloo', {}),
     ('rebar', {}),
     ('relax', {}),
+    ('relax', {'control': RebarControl(eta=0.6, loo_baseline=True)}),
 ])
 def test_estimate_per_example_unbiased_with_cost(name, kwargs):
     """Differentiable loss and black-box cost on the same per-example samples, summed with cost_weight."""
@@ -144,7 +171,7 @@ def test_estimate_per_example_unbiased_with_cost(name, kwargs):
     exact = {k: exact_loss[k] + cost_weight * exact_cost[k] for k in logits}
     dist = _distribution(logits)
     cost_fn = lambda idx: smooth(dist.one_hot(idx))  # noqa: E731  (indices -> cost, no graph needed)
-    surrogate = None if name == 'reinforce' else _wrong_surrogate
+    surrogate = None if name in ('reinforce', 'rloo') else _wrong_surrogate
     est, samples = _per_example(name, dist, rough, cost_fn=cost_fn, cost_surrogate=surrogate,
                                 cost_weight=cost_weight, **kwargs)
     assert _max_z(samples, exact) < UNBIASED_Z
@@ -247,3 +274,137 @@ def test_rejects_bad_arguments():
         estimate('relax', dist, None)
     with pytest.raises(ValueError, match=r'expected \(8,\)'):
         estimate('rebar', dist, lambda w: rough(w).sum(), num_samples=8)
+    for num in (None, 1):
+        with pytest.raises(ValueError, match='rloo needs num_samples >= 2'):
+            estimate('rloo', dist, rough, num_samples=num)
+        with pytest.raises(ValueError, match='loo_baseline=True'):
+            estimate('rebar', dist, rough, num_samples=num, control=RebarControl(loo_baseline=True))
+    with pytest.raises(ValueError, match="'rebar' and 'relax' only"):
+        estimate('reinforce', dist, rough, control=RebarControl())
+    with pytest.raises(ValueError, match='temperature'):
+        RebarControl(temperature=0)
+
+
+# ---------------------------------------------------------------------- multi-sample and adapted estimators
+
+def _fake_sampler(configs):
+    """A relaxed_sample stand-in that returns the given K architectures (rows of configs), for exact enumeration."""
+    def sample(logits, num_samples, temperature, generator):
+        indices = {k: configs[:, i] for i, k in enumerate(logits)}
+        hard = {k: torch.eye(SIZES[k])[idx] for k, idx in indices.items()}
+        return RelaxedSample(indices, hard, hard, hard)
+    return sample
+
+
+def test_rloo_unbiased_by_enumerating_every_pair(monkeypatch):
+    """K = 2, where a baseline that included the sample itself would halve the gradient: the expectation over all
+    36^2 ordered pairs of the estimator's own output equals the exact gradient."""
+    logits, rough, _ = _problem()
+    dist = _distribution(logits)
+    configs = torch.tensor(list(itertools.product(*(range(n) for n in SIZES.values()))))
+    probs = torch.stack([torch.softmax(logits[k], -1)[configs[:, i]] for i, k in enumerate(SIZES)]).prod(0)
+    expected = {k: torch.zeros_like(v) for k, v in logits.items()}
+    for i, j in itertools.product(range(len(configs)), repeat=2):
+        monkeypatch.setattr(estimators, 'relaxed_sample', _fake_sampler(configs[[i, j]]))
+        dist.zero_grad()
+        estimate('rloo', dist, rough, num_samples=2).objective.backward()
+        for k, t in dist.logits_dict().items():
+            expected[k] += probs[i] * probs[j] * t.grad
+    exact = _exact_gradient(logits, rough)
+    for k in logits:
+        torch.testing.assert_close(expected[k], exact[k], rtol=1e-4, atol=1e-5)
+
+
+def _steps(name, dist, loss_fn, steps, num, seed=4, **kwargs):
+    """Consecutive per-example estimates (the state in baseline/control evolves); their per-example gradients."""
+    g = torch.Generator().manual_seed(seed)
+    draws, variances = [], []
+    for _ in range(steps):
+        dist.zero_grad()
+        est = estimate(name, dist, loss_fn, num_samples=num, generator=g, **kwargs)
+        est.objective.backward()
+        draws.append(est.per_example_gradients())
+        variances.append(est.gradient_variance())
+    return {k: torch.cat([d[k] for d in draws]) for k in draws[0]}, variances
+
+
+def test_moving_average_baseline_unbiased_over_steps():
+    logits, rough, _ = _problem()
+    baseline = MovingAverageBaseline(decay=0.5)
+    samples, _ = _steps('reinforce', _distribution(logits), rough, 20, 1000, baseline=baseline)
+    assert baseline.value is not None and abs(baseline.value) > 0.1       # it moved away from 0 ...
+    assert _max_z(samples, _exact_gradient(logits, rough)) < UNBIASED_Z   # ... without biasing any step
+
+
+def test_adapted_control_returns_the_estimate_from_before_its_step():
+    """objective.backward() leaves exactly the estimate at the pre-step (eta, tau); then eta and tau have moved."""
+    logits, rough, _ = _problem()
+    dist = _distribution(logits)
+    for num in (64, None):
+        adapted = RebarControl(eta=0.7, temperature=0.5, adapt_eta=True, adapt_temperature=True, lr=0.1)
+        fixed = RebarControl(eta=0.7)
+        grads = []
+        for control in (adapted, fixed):
+            dist.zero_grad()
+            est = estimate('rebar', dist, rough, num_samples=num, temperature=0.5, control=control,
+                           generator=torch.Generator().manual_seed(9))
+            est.objective.backward()
+            assert est.diagnostics['eta'] == pytest.approx(0.7) and est.diagnostics['temperature'] == pytest.approx(0.5)
+            grads.append([t.grad.clone() for t in dist.logits_dict().values()]
+                         + ([] if num is None else list(est.per_example_gradients().values())))
+        for a, b in zip(*grads):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+        assert float(adapted.eta.detach()) != pytest.approx(0.7, abs=1e-3)
+        assert float(adapted.temperature.detach()) != pytest.approx(0.5, abs=1e-3)
+        assert float(fixed.eta) == pytest.approx(0.7)
+
+
+def test_adapted_control_unbiased_and_lowers_variance():
+    """From a poor eta = 0.2, minimising ||g||^2 moves eta towards the variance-optimal value: the per-example
+    variance falls, and every step's estimate (pooled) stays unbiased."""
+    logits, _, smooth = _problem()
+    control = RebarControl(eta=0.2, adapt_eta=True, adapt_temperature=True, lr=0.1)
+    samples, variances = _steps('rebar', _distribution(logits), smooth, 30, 400, control=control)
+    assert _max_z(samples, _exact_gradient(logits, smooth)) < UNBIASED_Z
+    assert float(control.eta.detach()) > 0.5
+    assert sum(variances[-5:]) < 0.5 * sum(variances[:5])
+
+
+def test_control_state_dict_resumes_exactly():
+    logits, rough, _ = _problem()
+    dist = _distribution(logits)
+    control = RebarControl(eta=0.5, adapt_eta=True, adapt_temperature=True, lr=0.05)
+    _steps('rebar', dist, rough, 3, 32, control=control)
+    buffer = io.BytesIO()
+    torch.save(control.state_dict(), buffer)
+    buffer.seek(0)
+    restored = RebarControl(eta=0.5, adapt_eta=True, adapt_temperature=True, lr=0.05)
+    restored.load_state_dict(torch.load(buffer, weights_only=True))
+    assert 'optimizer' in control.state_dict()
+    for c in (control, restored):
+        _steps('rebar', dist, rough, 2, 32, seed=11, control=c)
+    assert torch.equal(control.eta, restored.eta) and torch.equal(control.temperature, restored.temperature)
+    with pytest.raises(ValueError, match='optimizer state'):
+        RebarControl().load_state_dict(control.state_dict())
+
+
+def test_leave_one_out_variance_far_below_no_baseline():
+    """rloo vs REINFORCE without baseline, and REBAR + LOO vs REBAR, at the same K on the same draws' seed."""
+    logits, rough, _ = _problem()
+    dist = _distribution(logits)
+    variance = {}
+    for name, loss_fn, kwargs in [('reinforce', rough, {}), ('rloo', rough, {}), ('rebar', _sharp(rough), {}),
+                                  ('rebar_loo', _sharp(rough), {'control': RebarControl(loo_baseline=True)})]:
+        est, _ = _per_example(name.split('_')[0], dist, loss_fn, num=2000, **kwargs)
+        variance[name] = est.gradient_variance()
+    assert variance['rloo'] < 0.5 * variance['reinforce']
+    assert variance['rebar_loo'] < 0.85 * variance['rebar']
+
+
+def test_darts_is_biased():
+    """The mixture's gradient is deterministic and differs from the discrete objective's gradient."""
+    logits, rough, _ = _problem()
+    dist = _distribution(logits)
+    estimate('darts', dist, rough).objective.backward()
+    exact = _exact_gradient(logits, rough)
+    assert max(float((t.grad - exact[k]).abs().max()) for k, t in dist.logits_dict().items()) > 0.3

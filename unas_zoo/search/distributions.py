@@ -14,7 +14,7 @@ All relaxation maths of the package lives in this module (``estimators.py`` only
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
 import torch
@@ -70,12 +70,20 @@ class RelaxedSample:
     one_hot: dict[str, Tensor]      # H(b): [K] or [N, K]
     relaxed: dict[str, Tensor]      # zeta = softmax((log q + g) / tau)
     conditional: dict[str, Tensor]  # zeta~ = softmax(z~ / tau), z~ ~ p(z | argmax z = b)
+    perturbed: dict[str, Tensor] = field(default_factory=dict)  # z = log q + g, detached
+    temperature: float | Tensor = 0.4
 
     def single_pass(self) -> dict[str, Tensor]:
         """x = zeta - zeta~ + zeta~.detach(): f(x) has the value f(zeta~), backpropagates grad f(zeta) - grad f(zeta~).
 
-        This is what makes REBAR/RELAX cost one relaxed forward pass instead of two.
+        This is what makes REBAR/RELAX cost one relaxed forward pass instead of two. When the temperature is a
+        tensor that requires grad (REBAR's tau adaptation), the detached zeta~ keeps its tau path, so f(x) is also
+        differentiable in tau as f(zeta~) is.
         """
+        tau = self.temperature
+        if isinstance(tau, Tensor) and tau.requires_grad:
+            return {k: self.relaxed[k] - self.conditional[k] + torch.softmax(self.perturbed[k] / tau, dim=-1)
+                    for k in self.relaxed}
         return {k: self.relaxed[k] - self.conditional[k] + self.conditional[k].detach() for k in self.relaxed}
 
 
@@ -96,12 +104,15 @@ def _conditional_logits(log_q: Tensor, z: Tensor, index: Tensor) -> Tensor:
     return torch.where(mask, z_b.expand_as(z), z_cond)
 
 
-def relaxed_sample(logits: Mapping[str, Tensor], num_samples: int | None = None, temperature: float = 0.4,
+def relaxed_sample(logits: Mapping[str, Tensor], num_samples: int | None = None, temperature: float | Tensor = 0.4,
                    generator: torch.Generator | None = None) -> RelaxedSample:
-    """Draw b by Gumbel-max and build zeta and zeta~ from the same noise (same indices as ``gumbel_max``)."""
+    """Draw b by Gumbel-max and build zeta and zeta~ from the same noise (same indices as ``gumbel_max``).
+
+    ``temperature`` may be a scalar tensor requiring grad (REBAR's tau adaptation): both relaxations depend on it.
+    """
     if temperature <= 0:
-        raise ValueError(f'temperature must be > 0, got {temperature}')
-    indices, hard, relaxed, conditional = {}, {}, {}, {}
+        raise ValueError(f'temperature must be > 0, got {float(temperature)}')
+    indices, hard, relaxed, conditional, perturbed = {}, {}, {}, {}, {}
     for name, theta in logits.items():
         log_q, z = _perturb(theta, num_samples, generator)
         b = z.detach().argmax(-1)
@@ -109,7 +120,8 @@ def relaxed_sample(logits: Mapping[str, Tensor], num_samples: int | None = None,
         hard[name] = F.one_hot(b, theta.shape[-1]).to(theta.dtype)
         relaxed[name] = torch.softmax(z / temperature, dim=-1)
         conditional[name] = torch.softmax(_conditional_logits(log_q, z, b) / temperature, dim=-1)
-    return RelaxedSample(indices, hard, relaxed, conditional)
+        perturbed[name] = z.detach()
+    return RelaxedSample(indices, hard, relaxed, conditional, perturbed, temperature)
 
 
 def one_hot(indices: Mapping[str, Tensor], sizes: Mapping[str, int], dtype: torch.dtype = torch.float32

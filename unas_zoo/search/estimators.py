@@ -33,11 +33,12 @@ import torch
 from torch import Tensor
 
 from .distributions import ArchDistribution, entropy, log_prob, one_hot, relaxed_sample
+from .rebar_control import RebarControl
 
-__all__ = ['ESTIMATORS', 'SINGLE_SAMPLE_ESTIMATORS', 'MovingAverageBaseline', 'Estimate', 'estimate',
+__all__ = ['ESTIMATORS', 'SINGLE_SAMPLE_ESTIMATORS', 'MovingAverageBaseline', 'Estimate', 'RebarControl', 'estimate',
            'single_sample_gradient']
 
-ESTIMATORS = ('reinforce', 'gumbel', 'rebar', 'relax', 'darts')
+ESTIMATORS = ('reinforce', 'rloo', 'gumbel', 'rebar', 'relax', 'darts')
 SINGLE_SAMPLE_ESTIMATORS = ('reinforce', 'gumbel', 'rebar', 'relax')
 
 WeightsFn = Callable[[dict[str, Tensor]], Tensor]
@@ -135,53 +136,95 @@ def _correlation(a: Tensor, b: Tensor) -> float:
     return float(torch.corrcoef(torch.stack([a.double(), b.double()]))[0, 1])
 
 
-def _control_variate_term(hard_value: Tensor, surrogate: WeightsFn, x: dict[str, Tensor], log_p: Tensor,
-                          what: str) -> tuple[Tensor, Tensor]:
-    """Eq. 3/5 per example: (f(H(b)) - g(zeta~)) log q_b + [g(zeta) - g(zeta~)], from the single relaxed pass g(x).
+def _leave_one_out(signal: Tensor) -> Tensor:
+    """signal_k - mean_{j != k} signal_j: each sample's baseline is independent of it, so the estimate stays unbiased."""
+    return signal - (signal.sum() - signal) / (signal.shape[0] - 1)
 
-    Returns the surrogate-objective term and the detached control variate g(zeta~).
+
+def _control_variate_part(hard_value: Tensor, surrogate: WeightsFn, x: dict[str, Tensor], log_p: Tensor,
+                          eta: float | Tensor, loo: bool, what: str) -> tuple[Tensor, Tensor, Tensor]:
+    """Eq. 3/5 with scale eta from the single relaxed pass g(x) (value g(zeta~), gradient grad g(zeta) - grad g(zeta~)).
+
+    Returns the surrogate-objective term (signal.detach() log q_b + eta g(x)), the learning signal
+    f(H(b)) - eta g(zeta~) (minus the others' mean with ``loo``; still attached, for eta/tau adaptation) and g(x).
     """
     g_x = _check_shape(surrogate(x), log_p, what)
-    return (hard_value - g_x).detach() * log_p + g_x, g_x.detach()
+    signal = hard_value - eta * g_x
+    if loo:
+        signal = _leave_one_out(signal)
+    return signal.detach() * log_p + eta * g_x, signal, g_x
 
 
-def _check_arguments(name: str, loss_fn, cost_fn, cost_surrogate) -> None:
+def _check_arguments(name: str, loss_fn, cost_fn, cost_surrogate, num_samples: int | None,
+                     control: RebarControl | None) -> None:
     if name not in ESTIMATORS:
         raise ValueError(f'unknown estimator {name!r}; choose one of {list(ESTIMATORS)}')
+    if num_samples is not None and num_samples < 1:
+        raise ValueError(f'num_samples must be >= 1 or None, got {num_samples}')
     if loss_fn is None and cost_fn is None and cost_surrogate is None:
         raise ValueError('nothing to estimate: give loss_fn and/or cost_fn (+ cost_surrogate)')
-    if name == 'reinforce' and cost_surrogate is not None and cost_fn is None:
-        raise ValueError("reinforce scores the measured cost: give cost_fn (cost_surrogate is not used)")
+    if name in ('reinforce', 'rloo') and cost_surrogate is not None and cost_fn is None:
+        raise ValueError(f"{name} scores the measured cost: give cost_fn (cost_surrogate is not used)")
     if name in ('gumbel', 'darts') and cost_fn is not None and cost_surrogate is None:
         raise ValueError(f'{name} differentiates the cost, so it needs cost_surrogate (cost_fn is only reported)')
     if name in ('rebar', 'relax') and (cost_fn is None) != (cost_surrogate is None):
         raise ValueError(f'{name} estimates the cost term with RELAX (Eq. 5): give both cost_fn and cost_surrogate')
+    if name == 'rloo' and (num_samples is None or num_samples < 2):
+        raise ValueError(f'rloo needs num_samples >= 2 (its baseline is the other samples\' mean), got {num_samples}')
+    if control is not None and name not in ('rebar', 'relax'):
+        raise ValueError(f"control= applies to 'rebar' and 'relax' only, not {name!r}")
+    if control is not None and control.loo_baseline and (num_samples is None or num_samples < 2):
+        raise ValueError(f'RebarControl(loo_baseline=True) needs num_samples >= 2, got {num_samples}')
+
+
+def _darts(logits: Mapping[str, Tensor], loss_fn: WeightsFn | None, num_samples: int | None,
+           cost_fn: IndicesFn | None, cost_surrogate: WeightsFn | None, cost_weight: float,
+           diagnostics: dict[str, float]) -> Estimate:
+    """The DARTS mixture softmax(phi), for comparison (deterministic)."""
+    weights = {k: torch.softmax(t, dim=-1) for k, t in logits.items()}
+    if num_samples is not None:
+        weights = {k: w.expand(num_samples, -1) for k, w in weights.items()}
+    indices = {k: t.detach().argmax(-1) for k, t in logits.items()}
+    objective, loss, cost = 0, None, None
+    if loss_fn is not None:
+        mixed = loss_fn(weights)
+        objective, loss = mixed.mean(), mixed.detach().mean()
+    if cost_surrogate is not None:
+        objective = objective + cost_weight * cost_surrogate(weights).mean()
+    if cost_fn is not None:
+        cost = torch.as_tensor(cost_fn(indices)).detach().float().mean()
+    diagnostics['distinct_archs'] = 1.0
+    return Estimate(objective, loss, cost, indices, diagnostics)
+
+
+def _adapted_objective(control: RebarControl, logits: Mapping[str, Tensor], leaves: Mapping[str, Tensor],
+                       log_p: Tensor, signal: Tensor, relaxed_value: Tensor) -> Tensor:
+    """REBAR's eta/tau adaptation: build g = signal grad log q_b + grad relaxed_value with its graph in (eta, tau),
+    step the control on the mean squared norm of the per-example estimates, and return the linear surrogate
+    sum(logits * g.detach()) whose backward leaves exactly this g (computed before the step: no bias).
+
+    ``leaves`` are the per-example offsets ([N, K]: row n is example n's estimate) or the logits themselves.
+    """
+    names = list(leaves)
+    scale = log_p.numel()
+    score = torch.autograd.grad(log_p.sum(), [leaves[k] for k in names], retain_graph=True)
+    pathwise = torch.autograd.grad(relaxed_value.sum(), [leaves[k] for k in names], create_graph=True,
+                                   allow_unused=True)
+    coefficient = signal.unsqueeze(-1)
+    estimates = {k: coefficient * s + (0 if p is None else p) for k, s, p in zip(names, score, pathwise)}
+    control.step(sum(e.pow(2).sum() for e in estimates.values()) / scale)
+    return sum((logits[k] * estimates[k].detach()).sum() for k in names) / scale
 
 
 def _estimate(name: str, logits: Mapping[str, Tensor], loss_fn: WeightsFn | None, *, num_samples: int | None,
               temperature: float, baseline: float | MovingAverageBaseline | None, cost_fn: IndicesFn | None,
-              cost_surrogate: WeightsFn | None, cost_weight: float, generator: torch.Generator | None) -> Estimate:
+              cost_surrogate: WeightsFn | None, cost_weight: float, generator: torch.Generator | None,
+              control: RebarControl | None = None) -> Estimate:
     """The one implementation behind ``estimate`` and ``single_sample_gradient``."""
-    _check_arguments(name, loss_fn, cost_fn, cost_surrogate)
-    if num_samples is not None and num_samples < 1:
-        raise ValueError(f'num_samples must be >= 1 or None, got {num_samples}')
+    _check_arguments(name, loss_fn, cost_fn, cost_surrogate, num_samples, control)
     diagnostics = {'entropy': float(entropy(logits).detach())}
-
     if name == 'darts':
-        weights = {k: torch.softmax(t, dim=-1) for k, t in logits.items()}
-        if num_samples is not None:
-            weights = {k: w.expand(num_samples, -1) for k, w in weights.items()}
-        indices = {k: t.detach().argmax(-1) for k, t in logits.items()}
-        objective, loss, cost = 0, None, None
-        if loss_fn is not None:
-            mixed = loss_fn(weights)
-            objective, loss = mixed.mean(), mixed.detach().mean()
-        if cost_surrogate is not None:
-            objective = objective + cost_weight * cost_surrogate(weights).mean()
-        if cost_fn is not None:
-            cost = torch.as_tensor(cost_fn(indices)).detach().float().mean()
-        diagnostics['distinct_archs'] = 1.0
-        return Estimate(objective, loss, cost, indices, diagnostics)
+        return _darts(logits, loss_fn, num_samples, cost_fn, cost_surrogate, cost_weight, diagnostics)
 
     # Per-example mode: route the logits through a zero offset per example, so that the backward pass also yields
     # every example's own single-sample estimate (for the gradient variance) at no extra cost.
@@ -190,12 +233,20 @@ def _estimate(name: str, logits: Mapping[str, Tensor], loss_fn: WeightsFn | None
         per_example = {k: torch.zeros(num_samples, t.shape[-1], dtype=t.dtype, device=t.device, requires_grad=True)
                        for k, t in logits.items()}
         logits = {k: t + per_example[k] for k, t in logits.items()}
+    eta, loo, adapts = 1.0, False, False
+    if control is not None:
+        eta, loo, adapts = control.eta, control.loo_baseline, control.adapts
+        temperature = control.temperature if control.adapt_temperature else temperature
+        diagnostics.update(eta=float(eta.detach()), temperature=float(torch.as_tensor(temperature).detach()))
+        if adapts and not all(t.requires_grad for t in logits.values()):
+            raise ValueError('RebarControl adaptation needs logits that require grad')
 
     sample = relaxed_sample(logits, num_samples, temperature, generator)
     log_p = log_prob(logits, sample.indices)
     x = sample.single_pass() if name in ('rebar', 'relax') else None
     term = torch.zeros_like(log_p)
     reward = torch.zeros_like(log_p).detach()
+    signal = relaxed_value = torch.zeros_like(log_p)
     loss = cost = None
 
     if loss_fn is not None:
@@ -207,59 +258,69 @@ def _estimate(name: str, logits: Mapping[str, Tensor], loss_fn: WeightsFn | None
             with torch.no_grad():
                 hard_loss = _as_reward(loss_fn(sample.one_hot), log_p, 'loss_fn')
             loss = hard_loss.mean()
-            if name == 'reinforce':
+            if name in ('reinforce', 'rloo'):
                 reward = reward + hard_loss
             else:
-                cv_term, control = _control_variate_term(hard_loss, loss_fn, x, log_p, 'loss_fn')
-                term = term + cv_term
+                cv_term, signal, g_x = _control_variate_part(hard_loss, loss_fn, x, log_p, eta, loo, 'loss_fn')
+                term, relaxed_value = term + cv_term, eta * g_x
                 if num_samples is not None and num_samples > 1:
-                    diagnostics['cv_correlation'] = _correlation(hard_loss, control)
+                    diagnostics['cv_correlation'] = _correlation(hard_loss, g_x.detach())
 
     if cost_fn is not None or cost_surrogate is not None:
         hard_cost = None
         if cost_fn is not None:
             hard_cost = _as_reward(cost_fn(sample.indices), log_p, 'cost_fn')
             cost = hard_cost.mean()
-        if name == 'reinforce':
+        if name in ('reinforce', 'rloo'):
             reward = reward + cost_weight * hard_cost
         elif name == 'gumbel':
             term = term + cost_weight * _check_shape(cost_surrogate(sample.relaxed), log_p, 'cost_surrogate')
         else:
-            cv_term, control = _control_variate_term(hard_cost, cost_surrogate, x, log_p, 'cost_surrogate')
+            cv_term, cost_signal, g_x = _control_variate_part(hard_cost, cost_surrogate, x, log_p, eta, loo,
+                                                              'cost_surrogate')
             term = term + cost_weight * cv_term
+            signal, relaxed_value = signal + cost_weight * cost_signal, relaxed_value + cost_weight * eta * g_x
             if num_samples is not None and num_samples > 1:
-                diagnostics['cost_cv_correlation'] = _correlation(hard_cost, control)
+                diagnostics['cost_cv_correlation'] = _correlation(hard_cost, g_x.detach())
 
     if name == 'reinforce':
         term = term + (reward - (0.0 if baseline is None else float(baseline))) * log_p
         if isinstance(baseline, MovingAverageBaseline):
             baseline.update(reward.mean())
+    elif name == 'rloo':
+        term = term + _leave_one_out(reward) * log_p
 
     stacked = torch.stack([i.reshape(-1) for i in sample.indices.values()], dim=-1)
     diagnostics['distinct_archs'] = float(torch.unique(stacked, dim=0).shape[0])
-    return Estimate(term.mean(), loss, cost, sample.indices, diagnostics, per_example)
+    objective = term.mean()
+    if adapts:
+        objective = _adapted_objective(control, logits, per_example or logits, log_p, signal, relaxed_value)
+    return Estimate(objective, loss, cost, sample.indices, diagnostics, per_example)
 
 
 def estimate(name: str, dist: ArchDistribution, loss_fn: WeightsFn | None, *, num_samples: int | None = None,
              temperature: float = 0.4, baseline: float | MovingAverageBaseline | None = None,
              cost_fn: IndicesFn | None = None, cost_surrogate: WeightsFn | None = None, cost_weight: float = 1.0,
-             generator: torch.Generator | None = None) -> Estimate:
+             generator: torch.Generator | None = None, control: RebarControl | None = None) -> Estimate:
     """One estimator step on ``dist``; ``estimate(...).objective.backward()`` fills ``dist``'s logits' grads.
 
     loss_fn(weights) -> scalar (weights [K], one architecture per batch) or [N] (weights [N, K] with
-    num_samples=N, one architecture per example); differentiable in the weights. cost_fn(indices) -> the same shape,
-    non-differentiable (e.g. measured latency hinge); cost_surrogate(weights) its differentiable stand-in, added with
-    weight cost_weight on the same discrete sample. ``baseline`` is REINFORCE's c (ignored by the others, whose control
-    variate is built from the relaxation); a ``MovingAverageBaseline`` is updated with this step's mean reward.
+    num_samples=N, one architecture per example or, for ``rloo``, N architectures scored on the same batch);
+    differentiable in the weights. cost_fn(indices) -> the same shape, non-differentiable (e.g. measured latency
+    hinge); cost_surrogate(weights) its differentiable stand-in, added with weight cost_weight on the same discrete
+    sample. ``baseline`` is REINFORCE's c (ignored by the others); a ``MovingAverageBaseline`` is updated with this
+    step's mean reward. ``control`` (rebar/relax only): eta, tau, leave-one-out baseline and their online adaptation;
+    None is the paper's estimator (eta = 1, tau = ``temperature``).
     """
     return _estimate(name, dist.logits_dict(), loss_fn, num_samples=num_samples, temperature=temperature,
                      baseline=baseline, cost_fn=cost_fn, cost_surrogate=cost_surrogate, cost_weight=cost_weight,
-                     generator=generator)
+                     generator=generator, control=control)
 
 
 def single_sample_gradient(name: str, logits: Mapping[str, Tensor], loss_fn: WeightsFn, *,
                            surrogate: WeightsFn | None = None, temperature: float = 0.4, baseline: float = 0.0,
-                           generator: torch.Generator | None = None) -> dict[str, Tensor]:
+                           generator: torch.Generator | None = None, control: RebarControl | None = None
+                           ) -> dict[str, Tensor]:
     """One Monte-Carlo estimate of d E_{z ~ softmax(logits)}[loss_fn(z)] / d logits (logits are not modified).
 
     loss_fn gets one-hot vectors (and, for rebar/gumbel, relaxed ones); with 'relax' it may be non-differentiable
@@ -270,7 +331,8 @@ def single_sample_gradient(name: str, logits: Mapping[str, Tensor], loss_fn: Wei
     if (surrogate is not None) != (name == 'relax'):
         raise ValueError("'relax' needs a surrogate, and only 'relax' uses one")
     leaves = {k: v.detach().clone().requires_grad_(True) for k, v in logits.items()}
-    common = dict(num_samples=None, temperature=temperature, baseline=baseline, cost_weight=1.0, generator=generator)
+    common = dict(num_samples=None, temperature=temperature, baseline=baseline, cost_weight=1.0, generator=generator,
+                  control=control)
     if name == 'relax':
         sizes = {k: v.shape[-1] for k, v in leaves.items()}
         dtype = next(iter(leaves.values())).dtype
