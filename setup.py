@@ -23,6 +23,8 @@ setup(
     ],
     extras_require={
         'demo': ['scikit-learn>=1.3', 'matplotlib>=3.7'],
-        'test': ['pytest>=7', 'scikit-learn>=1.3', 'matplotlib>=3.7'],
+        'export': ['onnx>=1.16', 'onnxruntime>=1.18'],
+        # The export and ORT-latency tests run in CI too, so the test extra carries the export packages.
+        'test': ['pytest>=7', 'scikit-learn>=1.3', 'matplotlib>=3.7', 'onnx>=1.16', 'onnxruntime>=1.18'],
     },
 )
