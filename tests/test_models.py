@@ -4,6 +4,7 @@ unas_zoo model, plus the zoo-specific behaviour (auxiliary head, drop-path, geno
 Input sizes follow timm's test: the cfg size capped at a per-test target (128 for backward / TorchScript / fx,
 96 for features), so ImageNet nets run small where timm's test runs them small.
 """
+import datetime
 import json
 import math
 
@@ -408,6 +409,10 @@ def test_recorded_genotype_argument_is_the_genotype_itself(tmp_path):
         assert timm.models.get_model_args(model)['genotype']['name'] == 'proxylessnas_gpu'
     direct = mbconv.build_mbconv(str(mbconv_file))
     assert timm.models.get_model_args(direct)['genotype'] == load('proxylessnas_gpu').to_dict()
+    dated = load('pdarts').to_dict()
+    dated['provenance'] = {'date': datetime.date(2026, 12, 2)}  # what yaml.safe_load makes of `date: 2026-12-02`
+    model = timm.create_model('darts_cell_cifar', genotype=dated, layers=3, init_channels=4)
+    assert json.loads(json.dumps(timm.models.get_model_args(model)))['genotype']['provenance'] == {'date': '2026-12-02'}
 
 
 # ---------------------------------------------------------------------------------------------------- MBConv nets

@@ -7,6 +7,7 @@ Local weights always load: ``pretrained=True, pretrained_cfg_overlay=dict(file='
 """
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
@@ -105,7 +106,8 @@ class GenotypeModelArgs:
         genotype = self.__dict__.get('genotype')
         architecture = (getattr(self, 'pretrained_cfg', None) or {}).get('architecture')
         if genotype is not None and ('genotype' in args or architecture in _GENERIC_ENTRYPOINTS):
-            args['genotype'] = genotype.to_dict()
+            # JSON types only (a YAML date in the provenance becomes text), as config.json and checkpoints need.
+            args['genotype'] = json.loads(json.dumps(genotype.to_dict(), default=str))
         return args
 
     @_model_args.setter
