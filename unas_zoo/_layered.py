@@ -137,11 +137,65 @@ def _heights(columns: list[list], size: dict, neighbours: dict, vgap: float, swe
     return y
 
 
-def _ports(key, ends: list[tuple[int, float]], box: Box, spacing: float) -> dict[int, float]:
+def _ports(ends: list[tuple[int, float]], box: Box, spacing: float) -> dict[int, float]:
     """Spread the edges meeting one side of a node over its height, in the order of their other ends."""
     ends = sorted(ends, key=lambda e: e[1])
     step = min(spacing, 0.6 * box.height / max(len(ends) - 1, 1))
     return {edge: box.y + (i - (len(ends) - 1) / 2) * step for i, (edge, _) in enumerate(ends)}
+
+
+def _chains(sizes: dict, edges: Sequence[tuple], ranks: dict) -> tuple[list[list], dict, list[list]]:
+    """Columns of items (nodes, and one slot per edge per column it crosses), item sizes, each edge's items."""
+    columns: list[list] = [[] for _ in range(2 * max(ranks.values()) + 1)]
+    size: dict = dict(sizes)
+    chains = []
+    for key in sizes:
+        columns[2 * ranks[key]].append(key)
+    for e, (src, dst, label) in enumerate(edges):
+        chain = [src]
+        for c in range(2 * ranks[src] + 1, 2 * ranks[dst]):
+            slot = _Slot(e, c)
+            columns[c].append(slot)
+            size[slot] = label if label and c == 2 * ranks[dst] - 1 else (0.0, 0.0)
+            chain.append(slot)
+        chains.append(chain + [dst])
+    return columns, size, chains
+
+
+def _column_centres(columns: list[list], widths: list[float], y: dict, succs: dict, hgap: float) -> list[float]:
+    """x of each column; a gap widens with the steepest link through it, so crossing curves stay easy to follow."""
+    rise = [max((abs(y[a] - y[b]) for a in column for b in succs[a]), default=0.0) for column in columns]
+    x, xs = 0.0, []
+    for c, width in enumerate(widths):
+        x += (widths[c - 1] / 2 + min(max(hgap, 0.5 * rise[c - 1]), 3 * hgap) if c else 0) + width / 2
+        xs.append(x)
+    return xs
+
+
+def _runs(chains: list[list], box: dict, column_width: dict, circles: Sequence[Hashable],
+          port_spacing: float) -> tuple[tuple[tuple[float, float, float], ...], ...]:
+    """Each edge's horizontal runs: out of its source's port, through its slots, into its target's port."""
+    nodes = {chain[0] for chain in chains} | {chain[-1] for chain in chains}
+    out_ports = {k: _ports([(e, box[ch[1]].y) for e, ch in enumerate(chains) if ch[0] == k], box[k], port_spacing)
+                 for k in nodes}
+    in_ports = {k: _ports([(e, box[ch[-2]].y) for e, ch in enumerate(chains) if ch[-1] == k], box[k], port_spacing)
+                for k in nodes}
+
+    def outline(key, port_y: float, side: int) -> float:
+        b = box[key]
+        half = b.width / 2
+        if key in circles:
+            half = max(half ** 2 - (port_y - b.y) ** 2, 0.0) ** 0.5
+        return b.x + side * half
+
+    runs = []
+    for e, chain in enumerate(chains):
+        src, dst = chain[0], chain[-1]
+        edge_runs = [(outline(src, out_ports[src][e], 1), box[src].x + column_width[src] / 2, out_ports[src][e])]
+        edge_runs += [(box[s].x - column_width[s] / 2, box[s].x + column_width[s] / 2, box[s].y) for s in chain[1:-1]]
+        edge_runs.append((box[dst].x - column_width[dst] / 2, outline(dst, in_ports[dst][e], -1), in_ports[dst][e]))
+        runs.append(tuple(edge_runs))
+    return tuple(runs)
 
 
 def layered_layout(
@@ -156,22 +210,9 @@ def layered_layout(
     """Lay out nodes ``{key: (width, height)}`` and edges ``(source, target, label size or None)``.
 
     ``last`` (e.g. a cell's output) goes alone in the rightmost column; ``circles`` are drawn round, so their
-    edges end on the circle. Keys must be given in an order where every edge goes to a later node's rank.
+    edges end on the circle. The graph must be acyclic.
     """
-    ranks = _ranks(list(sizes), edges, last)
-    columns: list[list] = [[] for _ in range(2 * max(ranks.values()) + 1)]
-    size: dict = dict(sizes)
-    chains = []
-    for key in sizes:
-        columns[2 * ranks[key]].append(key)
-    for e, (src, dst, label) in enumerate(edges):
-        chain = [src]
-        for c in range(2 * ranks[src] + 1, 2 * ranks[dst]):
-            slot = _Slot(e, c)
-            columns[c].append(slot)
-            size[slot] = label if label and c == 2 * ranks[dst] - 1 else (0.0, 0.0)
-            chain.append(slot)
-        chains.append(chain + [dst])
+    columns, size, chains = _chains(sizes, edges, _ranks(list(sizes), edges, last))
     preds: dict = {item: [] for item in size}
     succs: dict = {item: [] for item in size}
     for chain in chains:
@@ -182,38 +223,9 @@ def layered_layout(
     y = _heights(columns, size, {it: preds[it] + succs[it] for it in size}, vgap)
     top = min(y[it] - size[it][1] / 2 for it in size)
     widths = [max((size[it][0] for it in column), default=0.0) for column in columns]
-    column_of = {it: c for c, column in enumerate(columns) for it in column}
-    # A gap widens with the steepest link through it, so crossing curves stay easy to follow.
-    rise = [0.0] * len(columns)
-    for a in size:
-        for b in succs[a]:
-            rise[column_of[a]] = max(rise[column_of[a]], abs(y[a] - y[b]))
-    x, xs = 0.0, []
-    for c, width in enumerate(widths):
-        x += (widths[c - 1] / 2 + min(max(hgap, 0.5 * rise[c - 1]), 3 * hgap) if c else 0) + width / 2
-        xs.append(x)
-    box = {it: Box(xs[column_of[it]], y[it] - top, *size[it]) for it in size}
-    out_ports = {k: _ports(k, [(e, box[ch[1]].y) for e, ch in enumerate(chains) if ch[0] == k], box[k], port_spacing)
-                 for k in sizes}
-    in_ports = {k: _ports(k, [(e, box[ch[-2]].y) for e, ch in enumerate(chains) if ch[-1] == k], box[k],
-                          port_spacing) for k in sizes}
-
-    def outline(key, port_y: float, side: int) -> float:
-        b = box[key]
-        half = b.width / 2
-        if key in circles:
-            half = max(half ** 2 - (port_y - b.y) ** 2, 0.0) ** 0.5
-        return b.x + side * half
-
-    runs = []
-    for e, chain in enumerate(chains):
-        src, dst = chain[0], chain[-1]
-        right = lambda it: box[it].x + widths[column_of[it]] / 2  # noqa: E731
-        left = lambda it: box[it].x - widths[column_of[it]] / 2  # noqa: E731
-        edge_runs = [(outline(src, out_ports[src][e], 1), right(src), out_ports[src][e])]
-        edge_runs += [(left(slot), right(slot), box[slot].y) for slot in chain[1:-1]]
-        edge_runs.append((left(dst), outline(dst, in_ports[dst][e], -1), in_ports[dst][e]))
-        runs.append(tuple(edge_runs))
+    xs = _column_centres(columns, widths, y, succs, hgap)
+    box = {it: Box(xs[c], y[it] - top, *size[it]) for c, column in enumerate(columns) for it in column}
+    column_width = {it: widths[c] for c, column in enumerate(columns) for it in column}
     labels = tuple(next((box[s] for s in chain[1:-1] if size[s][0]), None) for chain in chains)
-    return Layout({k: box[k] for k in sizes}, labels, tuple(runs), xs[-1] + widths[-1] / 2,
-                  max(b.y + b.height / 2 for b in box.values()))
+    return Layout({k: box[k] for k in sizes}, labels, _runs(chains, box, column_width, circles, port_spacing),
+                  xs[-1] + widths[-1] / 2, max(b.y + b.height / 2 for b in box.values()))
