@@ -5,6 +5,7 @@
     python search.py --config hparams/search_cifar10.yaml --data-dir data/   # the paper's CIFAR-10 search
     torchrun --nproc_per_node 4 search.py --config hparams/search_cifar10.yaml --data-dir data/
     python search.py --output output/search/run1 --resume    # continue a stopped run from its checkpoint
+    python search.py --estimator rloo --arch-samples 4        # REINFORCE, leave-one-out over 4 archs per batch
 
 Every key of the config (``unas_zoo.search.config.SearchConfig``) is also an option: ``--epochs 2``,
 ``--batch-size 64``, ``--no-augment``, ``--cost '{name: macs, target: 5}'``. The work is done by

@@ -1,7 +1,9 @@
 """search.py and the search loop end to end, on tiny supernets over the embedded digits data (CPU, seconds).
 
 Covers: outputs of a real search (genotype the zoo builds and draws, probabilities, plots, provenance), bit-exact
-resume after a mid-epoch stop, two processes under torchrun (gloo) ending identical, the MBConv space, and bad input.
+resume after a mid-epoch stop (also for rloo and adapted REBAR with a leave-one-out baseline), the φ step scoring K
+architectures on one batch, the run's threads and global batch, two processes under torchrun (gloo) ending identical,
+the MBConv space, and bad input.
 """
 import dataclasses
 import json
@@ -19,9 +21,11 @@ import unas_zoo  # noqa: F401  (registers the zoo's timm models)
 from unas_zoo.genotypes import DartsGenotype, MBConvGenotype, load
 from unas_zoo.search import estimators
 from unas_zoo.search.config import (
-    ESTIMATOR_NAMES, SearchConfig, SearchConfigError, config_from_dict, config_to_dict, load_config)
+    ESTIMATOR_NAMES, SearchConfig, SearchConfigError, config_from_dict, config_to_dict, load_config, per_process_batch)
 from unas_zoo.search.distributions import DartsCellDistribution
-from unas_zoo.search.loop import CHECKPOINT, FINAL_GENOTYPE, RESUME_MUTABLE, run_search
+from unas_zoo.search.loop import CHECKPOINT, FINAL_GENOTYPE, RESUME_MUTABLE, phi_step, run_search
+from unas_zoo.search.objectives import Objective
+from unas_zoo.search.supernets import DartsSupernet
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -105,16 +109,15 @@ def test_search_logs_every_epoch(tiny_run):
     assert yaml.safe_load((tiny_run / 'config.yaml').read_text()) == config_to_dict(_tiny(tiny_run))
 
 
-def test_resume_after_a_mid_epoch_stop_ends_bit_for_bit_like_an_uninterrupted_run(tiny_run, tmp_path):
-    out = tmp_path / 'stopped'
-    steps_per_epoch = 7
-    assert run_search(_tiny(out, stop_after_steps=steps_per_epoch + 4), progress=False) is None   # mid search epoch
+def _assert_resumed_like(reference_dir: Path, out: Path, stop_after: int, step_in_epoch: int, **overrides) -> None:
+    """Stop a run of ``_tiny(**overrides)`` after ``stop_after`` steps, resume it, compare with ``reference_dir``."""
+    assert run_search(_tiny(out, stop_after_steps=stop_after, **overrides), progress=False) is None
     stopped = _state(out)
-    assert (stopped['epoch'], stopped['step_in_epoch'], stopped['finished']) == (1, 4, False)
+    assert (stopped['step_in_epoch'], stopped['finished']) == (step_in_epoch, False)
     assert not (out / FINAL_GENOTYPE).exists()
     # Resume through the command line: it reads the run's own config.yaml (stop_after_steps may change).
     assert search_cli.main(['--output', str(out), '--resume', '--stop-after-steps', '1000']) == 0
-    resumed, reference = _state(out), _state(tiny_run)
+    resumed, reference = _state(out), _state(reference_dir)
     for key in ('dist', 'supernet'):
         assert reference[key].keys() == resumed[key].keys()
         for name, tensor in reference[key].items():
@@ -124,8 +127,76 @@ def test_resume_after_a_mid_epoch_stop_ends_bit_for_bit_like_an_uninterrupted_ru
             for name, value in pstate.items():
                 assert torch.equal(torch.as_tensor(value), torch.as_tensor(resumed[key]['state'][pid][name]))
     assert reference['per_rank'][0]['baseline'] == resumed['per_rank'][0]['baseline']
+    controls = reference['per_rank'][0]['control'], resumed['per_rank'][0]['control']
+    assert (controls[0] is None) == (controls[1] is None)
+    if controls[0] is not None:
+        assert torch.equal(controls[0]['eta_param'], controls[1]['eta_param'])
+        assert controls[0]['optimizer']['state'].keys() == controls[1]['optimizer']['state'].keys()
+        for pid, pstate in controls[0]['optimizer']['state'].items():
+            for name, value in pstate.items():
+                resumed_value = controls[1]['optimizer']['state'][pid][name]
+                assert torch.equal(torch.as_tensor(value), torch.as_tensor(resumed_value))
     assert _genotype_without_run_details(out / FINAL_GENOTYPE) == \
-        _genotype_without_run_details(tiny_run / FINAL_GENOTYPE)
+        _genotype_without_run_details(reference_dir / FINAL_GENOTYPE)
+
+
+def test_resume_after_a_mid_epoch_stop_ends_bit_for_bit_like_an_uninterrupted_run(tiny_run, tmp_path):
+    steps_per_epoch = 7
+    _assert_resumed_like(tiny_run, tmp_path / 'stopped', steps_per_epoch + 4, 4)        # mid search epoch
+    assert _state(tmp_path / 'stopped')['per_rank'][0]['control'] is None              # the paper's REBAR
+
+
+# One search epoch of 7 steps (no warm-up): enough to move φ, cheap enough to run twice per estimator.
+SHORT = dict(epochs=1, warmup_epochs=0)
+
+
+@pytest.mark.parametrize('overrides', [
+    # rloo, one architecture per example; the global batch sets the per-process batch (96 at world size 1).
+    dict(estimator='rloo', sampling='per_example', batch_size=8, global_batch_size=96),
+    # rloo, K = 3 architectures scored on the same batch, with the batch-level generalization gap.
+    dict(estimator='rloo', sampling='per_batch', arch_samples=3, gen_gap='batch'),
+    # REBAR with a leave-one-out baseline over K = 2 architectures per batch and η adapted online.
+    dict(estimator='rebar', sampling='per_batch', arch_samples=2, rebar_baseline='loo', rebar_adapt='eta'),
+], ids=['rloo_per_example', 'rloo_per_batch', 'rebar_loo_adapt_eta'])
+def test_new_estimators_search_and_resume_bit_for_bit(tmp_path, overrides):
+    reference = tmp_path / 'reference'
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert run_search(_tiny(reference, **SHORT, **overrides, threads=1), progress=False) is not None
+        assert torch.get_num_threads() == 2                  # the run's thread setting does not leak
+    finally:
+        torch.set_num_threads(before)
+    state = _state(reference)
+    assert state['phi_optimizer']['state'][0]['step'] == 7   # 96 examples per batch: 7 steps on 672 train images
+    summary = (reference / 'summary.csv').read_text().splitlines()
+    row = dict(zip(summary[0].split(','), summary[1].split(',')))
+    assert row['threads'] == '1' and float(row['grad_variance']) > 0
+    if overrides['estimator'] == 'rloo' and overrides['sampling'] == 'per_batch':
+        assert 1 <= float(row['distinct_archs']) <= 3
+    if overrides.get('rebar_adapt') == 'eta':
+        assert float(state['per_rank'][0]['control']['eta_param']) != 1.0 and 'eta' in row
+    _assert_resumed_like(reference, tmp_path / 'stopped', 3, 3, **SHORT, **overrides, threads=1)
+
+
+def test_phi_step_scores_k_architectures_on_the_same_batch():
+    torch.manual_seed(0)
+    supernet = DartsSupernet(10, init_channels=4, layers=3)
+    dist = DartsCellDistribution()
+    seen = []
+    supernet.register_forward_pre_hook(lambda module, args: seen.append((args[0], args[1])))
+    train = torch.randn(6, 3, 8, 8), torch.randint(0, 10, (6,))
+    val = torch.randn(6, 3, 8, 8), torch.randint(0, 10, (6,))
+    optimizer = torch.optim.Adam(dist.parameters(), lr=0.1)
+    stats = phi_step(supernet, dist, train, val, optimizer, estimator='rloo', objective=Objective(),
+                     arch_samples=3, generator=torch.Generator().manual_seed(0))
+    assert len(seen) == 3                                             # one supernet call per architecture
+    for images, weights in seen:
+        assert torch.equal(images, torch.cat([train[0], val[0]]))     # each on the whole train + validation batch
+        assert all(w.dim() == 1 for w in weights.values())            # one architecture for the call
+    assert stats['grad_variance'] > 0 and any(p.abs().sum() > 0 for p in dist.parameters())
+    with pytest.raises(ValueError, match='arch_samples applies to one-architecture-per-batch'):
+        phi_step(supernet, dist, train, val, optimizer, estimator='rloo', per_example=True, arch_samples=3)
 
 
 def test_two_processes_with_torchrun_end_identical(tmp_path):
@@ -199,6 +270,20 @@ def test_paper_configs_carry_the_paper_settings(name, dataset, epochs, warmup, l
     assert (cfg.gen_lambda, cfg.arch_lambda, cfg.grad_clip) == (0.5, 0.2, 5.0)
     assert (cfg.w_weight_decay, cfg.phi_weight_decay) == (3e-4, 1e-6)
     assert len(cfg.ops) == (5 if dataset == 'imagefolder' else 7)
+    assert (cfg.rebar_baseline, cfg.rebar_adapt, cfg.gen_gap) == ('none', 'none', 'pair')   # REBAR exactly as the paper
+    if dataset != 'imagefolder':                              # App. A.2: batch 124 on 4 V100s, at any process count
+        assert [per_process_batch(cfg, n) for n in (1, 2, 4)] == [124, 62, 31]
+
+
+def test_global_batch_size_is_split_over_the_processes():
+    cfg = config_from_dict({'batch_size': 8, 'global_batch_size': 124})
+    assert per_process_batch(cfg, 4) == 31 and per_process_batch(cfg, 1) == 124
+    assert per_process_batch(config_from_dict({'batch_size': 8}), 4) == 8      # null: batch_size per process
+    with pytest.raises(SearchConfigError, match=r'global_batch_size: 124 is not divisible by the number of processes '
+                                                r'\(3\); choose a multiple of 3'):
+        per_process_batch(cfg, 3)
+    with pytest.raises(SearchConfigError, match='gives 1 example'):
+        per_process_batch(config_from_dict({'global_batch_size': 4}), 4)
 
 
 def test_config_names_agree_with_the_estimators():
@@ -218,7 +303,7 @@ def test_command_line_overrides_config_file(tmp_path):
 @pytest.mark.parametrize('data, message', [
     ({'epoch': 3}, "unknown key(s) ['epoch']; valid keys are ["),
     ({'epochs': 'many'}, "epochs: expected an integer, got str 'many'"),
-    ({'estimator': 'snas'}, "estimator: unknown value 'snas'; allowed values are ['reinforce', 'gumbel', 'rebar'"),
+    ({'estimator': 'snas'}, "estimator: unknown value 'snas'; allowed values are ['reinforce', 'rloo', 'gumbel',"),
     ({'estimator': 'darts', 'sampling': 'per_example'}, "the 'darts' estimator uses one deterministic softmax"),
     ({'cost': {'name': 'latency', 'target': 5.0}}, "'latency' is measured on the child network, and the darts space"),
     ({'cost': {'name': 'macs', 'target': 5.0}, 'space': 'mbconv', 'estimator': 'gumbel'}, 'needs an unbiased'),
@@ -226,6 +311,17 @@ def test_command_line_overrides_config_file(tmp_path):
     ({'backbone': {'width': 3}}, "backbone: unknown key(s) ['width']; allowed keys are ['act', 'bn_eps'"),
     ({'backbone': {'stage_depths': [1, 2]}}, 'backbone.stage_depths: has 2 entries but stage_widths has 6'),
     ({'ops': ['sep_conv_3x3', 'conv_9x9']}, 'ops: expected distinct names from'),
+    ({'estimator': 'rloo', 'arch_samples': 1}, 'arch_samples: rloo with sampling: per_batch needs arch_samples >= 2'),
+    ({'rebar_baseline': 'loo', 'arch_samples': 1}, 'arch_samples: rebar_baseline: loo with sampling: per_batch needs'),
+    ({'arch_samples': 0}, 'arch_samples: must be >= 1, got 0'),
+    ({'rebar_baseline': 'loo', 'estimator': 'reinforce'}, "rebar_baseline: 'loo' applies to the rebar and relax"),
+    ({'rebar_adapt': 'eta', 'estimator': 'rloo'}, "rebar_adapt: 'eta' applies to the rebar and relax estimators"),
+    ({'rebar_adapt': 'tau'}, "rebar_adapt: unknown value 'tau'; allowed values are ['none', 'eta', 'eta_temperature']"),
+    ({'rebar_baseline': 'mean'}, "rebar_baseline: unknown value 'mean'; allowed values are ['none', 'loo']"),
+    ({'gen_gap': 'batch', 'sampling': 'per_example'}, "gen_gap: 'batch' is the gap of one architecture's batch"),
+    ({'gen_gap': 'mean'}, "gen_gap: unknown value 'mean'; allowed values are ['pair', 'batch']"),
+    ({'threads': 0}, 'threads: must be >= 1 or null, got 0'),
+    ({'global_batch_size': 0}, 'global_batch_size: must be >= 1 or null, got 0'),
 ])
 def test_config_rejects_bad_values(data, message):
     with pytest.raises(SearchConfigError) as err:

@@ -1,9 +1,10 @@
 """Checkpoints and exact resume: what a run stores, the checks that a resume continues the same search, and the
 output-folder rules (never start over a run's outputs; resuming needs that run's checkpoint).
 
-A checkpoint stores the weights, φ, both optimizers and schedulers, the estimator state (REINFORCE baseline, REBAR
-control), every RNG state of every rank and the position (epoch, step in epoch), so a run stopped mid-epoch and resumed
-ends bit-for-bit where an uninterrupted run ends (CPU). It loads with ``torch.load(weights_only=True)``.
+A checkpoint stores the weights, φ, both optimizers and schedulers, the estimator state of every rank (REINFORCE
+baseline, REBAR control with its optimizer), every RNG state of every rank and the position (epoch, step in epoch), so
+a run stopped mid-epoch and resumed ends bit-for-bit where an uninterrupted run ends (CPU). The per-process batch is
+fixed by the config and the world size, both checked on resume. It loads with ``torch.load(weights_only=True)``.
 """
 from __future__ import annotations
 
@@ -28,8 +29,8 @@ __all__ = ['CHECKPOINT', 'CONFIG_FILE', 'RESUME_MUTABLE', 'atomic_save', 'prepar
 CHECKPOINT = 'checkpoint.pt'
 CONFIG_FILE = 'config.yaml'
 # Keys that may differ when a run is resumed: they change where or how fast it runs, not what it computes.
-RESUME_MUTABLE = ('data_dir', 'download', 'num_workers', 'device', 'output', 'log_every', 'checkpoint_every',
-                  'stop_after_steps', 'save_rank_state')
+RESUME_MUTABLE = ('data_dir', 'download', 'num_workers', 'device', 'threads', 'output', 'log_every',
+                  'checkpoint_every', 'stop_after_steps', 'save_rank_state')
 
 
 def atomic_save(obj: Any, path: Path) -> None:
@@ -54,7 +55,8 @@ def prepare_output(cfg: SearchConfig, resume: bool) -> Path:
 
 
 def _per_rank_state(run: _Run) -> list[dict]:
-    state = {'rng': rng_state(run.generator), 'baseline': run.baseline.state_dict()}
+    state = {'rng': rng_state(run.generator), 'baseline': run.baseline.state_dict(),
+             'control': None if run.control is None else run.control.state_dict()}
     if not run.procs.distributed:
         return [state]
     gathered: list[Any] = [None] * run.procs.world_size
@@ -110,6 +112,8 @@ def load_checkpoint(run: _Run) -> None:
     run.phi_scheduler.load_state_dict(state['phi_scheduler'])
     mine = state['per_rank'][run.procs.rank]
     run.baseline.load_state_dict(mine['baseline'])
+    if run.control is not None:
+        run.control.load_state_dict(mine['control'])
     set_rng_state(mine['rng'], run.generator)
     run.epoch, run.step_in_epoch, run.finished = state['epoch'], state['step_in_epoch'], state['finished']
     run.history, run.epoch_log, run.running = state['history'], state['epoch_log'], state['running']

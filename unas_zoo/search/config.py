@@ -21,15 +21,17 @@ import yaml
 from unas_zoo.data import DATASETS
 from unas_zoo.genotypes.schema import (
     CIFAR_SEARCH_OPS, DARTS_OPS, GenotypeError, MBConvBackbone, from_dict)
-from .objectives import OBJECTIVES
+from .objectives import GEN_GAPS, OBJECTIVES
 
 __all__ = ['SearchConfig', 'SearchConfigError', 'load_config', 'config_from_dict', 'config_to_dict', 'mbconv_backbone',
-           'SPACES', 'SAMPLING', 'DEVICES']
+           'per_process_batch', 'SPACES', 'SAMPLING', 'DEVICES', 'REBAR_BASELINES', 'REBAR_ADAPT', 'GEN_GAPS']
 
 SPACES = ('darts', 'mbconv')
 SAMPLING = ('per_batch', 'per_example')
 STEMS = ('cifar', 'imagenet')
 DEVICES = ('auto', 'cpu', 'cuda')
+REBAR_BASELINES = ('none', 'loo')
+REBAR_ADAPT = ('none', 'eta', 'eta_temperature')
 # Costs of costs.COSTS that build the child network (only the mbconv space has a builder for them).
 _MODEL_COSTS = ('latency', 'macs', 'params', 'peak_memory')
 # Must match estimators.ESTIMATORS (a test checks it); kept here so that reading a config imports no search code.
@@ -50,6 +52,7 @@ class SearchConfig:
     image_size: int | None = 16          # None: the dataset's own size (digits are rendered at this size)
     val_fraction: float = 0.1            # the paper's 90/10 split of the train set
     batch_size: int = 32                 # per process; the train and the validation batch have this size each
+    global_batch_size: int | None = None  # set: overrides batch_size with global_batch_size / number of processes
     num_workers: int = 0
     augment: bool = False                # random crop (padding 4) + horizontal flip, seeded per example
     # ---- search space and supernet
@@ -73,16 +76,21 @@ class SearchConfig:
     phi_lr_min: float = 6e-3
     phi_weight_decay: float = 1e-6
     # ---- estimator and objective
-    estimator: str = 'rebar'             # reinforce | gumbel | rebar | relax | darts
+    estimator: str = 'rebar'             # reinforce | rloo | gumbel | rebar | relax | darts
     sampling: str = 'per_batch'          # per_batch | per_example (one architecture per example)
+    arch_samples: int = 4                # per_batch + a leave-one-out baseline: K architectures on the same batch
+    rebar_baseline: str = 'none'         # rebar/relax: none (the paper) | loo (leave-one-out over the K samples)
+    rebar_adapt: str = 'none'            # rebar/relax: none (η=1, the paper) | eta | eta_temperature (min. ||g||²)
     temperature: float = 0.4
     objective: str = 'gen'               # gen (L_train + λ|L_val − L_train|) | train | val
+    gen_gap: str = 'pair'                # pair: mean of |ℓ_val,i − ℓ_train,i| | batch: |mean ℓ_val − mean ℓ_train|
     gen_lambda: float = 0.5
     arch_lambda: float = 0.2
     cost: dict | None = None             # optional cost term, passed verbatim to unas_zoo.search.costs.build_cost
     # ---- run
     seed: int = 0
     device: str = 'auto'                 # auto | cpu | cuda | cuda:N
+    threads: int | None = 1              # torch intra-op threads per process (null: torch's default, one per core)
     output: str | None = None            # default: output/search/<date-time>-<dataset>-<space>
     log_every: int = 10                  # steps between progress lines
     checkpoint_every: int = 0            # steps between extra checkpoints (0: at the end of every epoch only)
@@ -92,6 +100,17 @@ class SearchConfig:
     @property
     def search_epochs(self) -> int:
         return self.epochs - self.warmup_epochs
+
+    @property
+    def leave_one_out(self) -> bool:
+        """Whether the φ step's baseline is built from the other samples (rloo, or rebar/relax with loo)."""
+        return self.estimator == 'rloo' or self.rebar_baseline == 'loo'
+
+    @property
+    def batch_architectures(self) -> int | None:
+        """K architectures scored on the same batch by the φ step (per_batch with a leave-one-out baseline), else
+        None: one per batch (per_batch, as in the paper) or one per example (per_example)."""
+        return self.arch_samples if self.sampling == 'per_batch' and self.leave_one_out else None
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(SearchConfig)}
@@ -147,9 +166,12 @@ def _validate(cfg: SearchConfig, source: str) -> None:
     _choice(source, 'estimator', cfg.estimator, ESTIMATOR_NAMES)
     _choice(source, 'sampling', cfg.sampling, SAMPLING)
     _choice(source, 'objective', cfg.objective, OBJECTIVES)
+    _choice(source, 'rebar_baseline', cfg.rebar_baseline, REBAR_BASELINES)
+    _choice(source, 'rebar_adapt', cfg.rebar_adapt, REBAR_ADAPT)
+    _choice(source, 'gen_gap', cfg.gen_gap, GEN_GAPS)
     if cfg.device not in DEVICES and not cfg.device.startswith('cuda:'):
         raise fail('device', f'unknown value {cfg.device!r}; allowed values are {list(DEVICES)} or cuda:N')
-    for key in ('batch_size', 'epochs', 'log_every', 'init_channels', 'layers'):
+    for key in ('batch_size', 'epochs', 'log_every', 'init_channels', 'layers', 'arch_samples'):
         if getattr(cfg, key) < 1:
             raise fail(key, f'must be >= 1, got {getattr(cfg, key)}')
     if cfg.batch_size < 2:
@@ -169,8 +191,10 @@ def _validate(cfg: SearchConfig, source: str) -> None:
         raise fail('zero_dropout', f'must lie in [0, 1), got {cfg.zero_dropout}')
     if cfg.image_size is not None and cfg.image_size < 8:
         raise fail('image_size', f'must be >= 8 or null, got {cfg.image_size}')
-    if cfg.stop_after_steps is not None and cfg.stop_after_steps < 1:
-        raise fail('stop_after_steps', f'must be >= 1 or null, got {cfg.stop_after_steps}')
+    for key in ('stop_after_steps', 'threads', 'global_batch_size'):
+        if getattr(cfg, key) is not None and getattr(cfg, key) < 1:
+            raise fail(key, f'must be >= 1 or null, got {getattr(cfg, key)}')
+    _validate_estimator_options(cfg, fail)
     unknown_ops = [op for op in cfg.ops if op not in DARTS_OPS]
     if unknown_ops or not cfg.ops or len(set(cfg.ops)) != len(cfg.ops):
         raise fail('ops', f'expected distinct names from {list(DARTS_OPS)}, got {cfg.ops}')
@@ -196,6 +220,35 @@ def _validate(cfg: SearchConfig, source: str) -> None:
                            f"{cfg.estimator!r} differentiates relaxed samples only")
     if cfg.device.startswith('cuda') and not torch.cuda.is_available():
         raise fail('device', f'{cfg.device!r} was asked for but CUDA is not available; use device: cpu or auto')
+
+
+def _validate_estimator_options(cfg: SearchConfig, fail: typing.Callable[[str, str], SearchConfigError]) -> None:
+    """The options of the φ step's estimator that only some estimators or sampling modes can use."""
+    for key in ('rebar_baseline', 'rebar_adapt'):
+        if getattr(cfg, key) != 'none' and cfg.estimator not in ('rebar', 'relax'):
+            raise fail(key, f"{getattr(cfg, key)!r} applies to the rebar and relax estimators only, not "
+                            f"{cfg.estimator!r}; use {key}: none")
+    if cfg.batch_architectures is not None and cfg.arch_samples < 2:
+        what = 'rloo' if cfg.estimator == 'rloo' else 'rebar_baseline: loo'
+        raise fail('arch_samples', f'{what} with sampling: per_batch needs arch_samples >= 2 (the baseline of each '
+                                   f'architecture is the mean of the others), got {cfg.arch_samples}')
+    if cfg.gen_gap == 'batch' and cfg.sampling == 'per_example':
+        raise fail('gen_gap', "'batch' is the gap of one architecture's batch losses, so it needs sampling: "
+                              "per_batch; with per_example use gen_gap: pair")
+
+
+def per_process_batch(cfg: SearchConfig, world_size: int) -> int:
+    """The batch each process loads: ``global_batch_size / world_size`` when set, else ``batch_size``."""
+    if cfg.global_batch_size is None:
+        return cfg.batch_size
+    per_process, remainder = divmod(cfg.global_batch_size, world_size)
+    if remainder:
+        raise SearchConfigError(f'global_batch_size: {cfg.global_batch_size} is not divisible by the number of '
+                                f'processes ({world_size}); choose a multiple of {world_size} or another process count')
+    if per_process < 2:
+        raise SearchConfigError(f'global_batch_size: {cfg.global_batch_size} over {world_size} processes gives '
+                                f'{per_process} example(s) per process; batch norm needs at least 2')
+    return per_process
 
 
 def mbconv_backbone(overrides: dict) -> MBConvBackbone:

@@ -28,9 +28,9 @@ from unas_zoo._io import atomic_write_text
 from unas_zoo.data import dataset_info
 from .checkpoint import (
     CHECKPOINT, CONFIG_FILE, RESUME_MUTABLE, atomic_save, load_checkpoint, prepare_output, save_checkpoint)
-from .config import SearchConfig, config_to_dict, mbconv_backbone
+from .config import SearchConfig, config_to_dict, mbconv_backbone, per_process_batch
 from .distributions import ArchDistribution, DartsCellDistribution, MBConvDistribution
-from .estimators import MovingAverageBaseline
+from .estimators import MovingAverageBaseline, RebarControl
 from .objectives import Objective
 from .outputs import FINAL_GENOTYPE, evaluate_argmax, probabilities, search_genotype, write_epoch_outputs
 from .processes import (
@@ -75,10 +75,18 @@ def build_search(cfg: SearchConfig, num_classes: int, device: torch.device | str
     cost = None
     if cfg.cost is not None:
         cost = _build_cost(cfg, dist, num_classes, device, total_phi_steps, output_dir, log)
-    objective = Objective(cfg.objective, cfg.gen_lambda, cfg.arch_lambda, cost)
+    objective = Objective(cfg.objective, cfg.gen_lambda, cfg.arch_lambda, cost, gen_gap=cfg.gen_gap)
     w_optimizer = torch.optim.Adam(supernet.parameters(), lr=cfg.w_lr, weight_decay=cfg.w_weight_decay)
     phi_optimizer = torch.optim.Adam(dist.parameters(), lr=cfg.phi_lr, weight_decay=cfg.phi_weight_decay)
     return SearchParts(supernet, dist, objective, w_optimizer, phi_optimizer)
+
+
+def build_rebar_control(cfg: SearchConfig) -> RebarControl | None:
+    """REBAR/RELAX's options from the config; None (the paper's estimator: η = 1, fixed τ) when none is asked for."""
+    if cfg.estimator not in ('rebar', 'relax') or (cfg.rebar_baseline, cfg.rebar_adapt) == ('none', 'none'):
+        return None
+    return RebarControl(loo_baseline=cfg.rebar_baseline == 'loo', adapt_eta=cfg.rebar_adapt != 'none',
+                        adapt_temperature=cfg.rebar_adapt == 'eta_temperature', temperature=cfg.temperature)
 
 
 def _build_cost(cfg: SearchConfig, dist: ArchDistribution, num_classes: int, device: torch.device,
@@ -110,6 +118,9 @@ class _Run:
                                                T_max=max(1, cfg.search_epochs * self.steps_per_epoch),
                                                eta_min=cfg.phi_lr_min)
         self.baseline = MovingAverageBaseline()
+        self.control = build_rebar_control(cfg)
+        if self.control is not None:
+            self.control.to(procs.device)
         seed_all(cfg.seed + procs.rank)  # dropout etc. differ between ranks from here on
         self.generator = torch.Generator(device=procs.device).manual_seed(cfg.seed + procs.rank)
         self.grad_sync = average_gradients(procs.world_size) if procs.distributed else None
@@ -176,7 +187,7 @@ class _Run:
                              estimator=cfg.estimator, objective=p.objective,
                              per_example=cfg.sampling == 'per_example', temperature=cfg.temperature,
                              generator=self.generator, step=self.phi_steps, baseline=self.baseline,
-                             grad_sync=self.grad_sync)
+                             grad_sync=self.grad_sync, arch_samples=cfg.batch_architectures, control=self.control)
             self.phi_scheduler.step()
             self._record(stats)
         stats = w_step(p.supernet, p.dist, images, targets, p.w_optimizer,
@@ -227,7 +238,7 @@ class _Run:
         record.update(val_loss=round(val_loss, 6), val_acc=round(val_acc, 6),
                       entropy=round(float(dist.entropy().detach()), 6),
                       w_lr=self.w_scheduler.get_last_lr()[0], phi_lr=self.phi_scheduler.get_last_lr()[0],
-                      seconds=round(time.time() - self.started, 1))
+                      threads=torch.get_num_threads(), seconds=round(time.time() - self.started, 1))
         self.epoch += 1
         self.step_in_epoch = 0
         self.running = {}
@@ -274,7 +285,18 @@ def run_search(config: SearchConfig, *, resume: bool = False, progress: bool = T
     """Run (or resume) a search; returns the final genotype YAML, or None when ``stop_after_steps`` stopped it.
 
     Every input is checked (config, data, cost) before anything is written; under torchrun every rank calls this.
+    ``config.threads`` sets torch's intra-op threads for the run (restored afterwards).
     """
+    threads = torch.get_num_threads()
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    try:
+        return _run_search(config, resume, progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_search(config: SearchConfig, resume: bool, progress: bool) -> Path | None:
     procs = init_processes(config.device)
     out_dir = prepare_output(config, resume)
     if procs.distributed:  # every rank must agree on the default folder's time stamp
@@ -294,7 +316,8 @@ def run_search(config: SearchConfig, *, resume: bool = False, progress: bool = T
             atomic_write_text(out_dir / CONFIG_FILE, yaml.safe_dump(config_to_dict(config), sort_keys=False))
         run._log(f'search: {config.space} space on {config.dataset}, {config.estimator} estimator, objective '
                  f'{config.objective}, {run.steps_per_epoch} steps per epoch x {config.epochs} epochs '
-                 f'({config.warmup_epochs} warm-up), {procs.world_size} process(es) on {procs.device}; '
+                 f'({config.warmup_epochs} warm-up), batch {per_process_batch(config, procs.world_size)} x '
+                 f'{procs.world_size} process(es) on {procs.device}, {torch.get_num_threads()} thread(s); '
                  f'outputs in {out_dir}')
     if procs.distributed:
         torch_dist.barrier()

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .distributions import ArchDistribution
-from .estimators import Estimate, MovingAverageBaseline, estimate
+from .estimators import Estimate, MovingAverageBaseline, RebarControl, estimate
 from .objectives import Objective
 
 __all__ = ['w_step', 'phi_step', 'GradSync']
@@ -68,46 +68,64 @@ def _weights_frozen(module: nn.Module) -> Iterator[None]:
             p.requires_grad_(True)
 
 
-def phi_step(supernet: nn.Module, dist: ArchDistribution, train_batch: tuple[Tensor, Tensor],
-             val_batch: tuple[Tensor, Tensor], optimizer: torch.optim.Optimizer, *, estimator: str = 'rebar',
-             objective: Objective = Objective(), per_example: bool = False, temperature: float = 0.4,
-             generator: torch.Generator | None = None, step: int = 0,
-             baseline: MovingAverageBaseline | float | None = None,
-             grad_sync: GradSync | None = None) -> dict[str, float]:
-    """Update the architecture distribution with one estimator step on the objective.
+def _objective_fn(supernet: nn.Module, objective: Objective, train_batch: tuple[Tensor, Tensor],
+                  val_batch: tuple[Tensor, Tensor], arch_samples: int | None) -> Callable[[dict], Tensor]:
+    """The estimator's loss_fn: the objective of the weights' architecture(s) on this (train, validation) batch.
 
-    Example ``i`` of the train batch and example ``i`` of the validation batch share one architecture (per-example
-    mode) so that ``|L_val − L_train|`` is the gap of that architecture; both batches run in one supernet call.
-    ``step`` drives the cost term's λ annealing. Returns the estimator's loss, cost and diagnostics.
+    Both batches run in one supernet call. Per-example weights ``[N, n]`` are repeated for every part, so that pair
+    ``i`` runs the same child in both halves. With ``arch_samples`` (K) the weights are ``[K, n]``: K architectures,
+    each run on the whole batch (its own batch-norm statistics), giving ``[K]`` objectives on the same data.
     """
-    (x_train, y_train), (x_val, y_val) = train_batch, val_batch
-    if per_example and x_train.shape[0] != x_val.shape[0]:
-        raise ValueError(f'per-example pairs need equal train and validation batches, got {x_train.shape[0]} and '
-                         f'{x_val.shape[0]}')
-    parts = ([(x_train, y_train)] if objective.needs_train else []) + ([(x_val, y_val)] if objective.needs_val else [])
+    parts = ([train_batch] if objective.needs_train else []) + ([val_batch] if objective.needs_val else [])
     images = torch.cat([x for x, _ in parts])
     targets = torch.cat([y for _, y in parts])
     sizes = [x.shape[0] for x, _ in parts]
 
-    def loss_fn(weights: dict[str, Tensor]) -> Tensor:
-        # Repeat a per-example architecture for every part, so that pair i runs the same child in both halves.
+    def one_call(weights: dict[str, Tensor]) -> Tensor:
         run_weights = {k: torch.cat([w] * len(parts)) if w.dim() == 2 else w for k, w in weights.items()}
         losses = F.cross_entropy(supernet(images, run_weights), targets, reduction='none').split(sizes)
-        train_losses = losses[0] if objective.needs_train else None
-        val_losses = losses[-1] if objective.needs_val else None
-        return objective(weights, train_losses, val_losses)
+        return objective(weights, losses[0] if objective.needs_train else None,
+                         losses[-1] if objective.needs_val else None)
 
+    def per_architecture(weights: dict[str, Tensor]) -> Tensor:
+        count = next(iter(weights.values())).shape[0]
+        return torch.stack([one_call({k: w[i] for k, w in weights.items()}) for i in range(count)])
+
+    return one_call if arch_samples is None else per_architecture
+
+
+def phi_step(supernet: nn.Module, dist: ArchDistribution, train_batch: tuple[Tensor, Tensor],
+             val_batch: tuple[Tensor, Tensor], optimizer: torch.optim.Optimizer, *, estimator: str = 'rebar',
+             objective: Objective = Objective(), per_example: bool = False, temperature: float = 0.4,
+             generator: torch.Generator | None = None, step: int = 0,
+             baseline: MovingAverageBaseline | float | None = None, grad_sync: GradSync | None = None,
+             arch_samples: int | None = None, control: RebarControl | None = None) -> dict[str, float]:
+    """Update the architecture distribution with one estimator step on the objective.
+
+    Sampling: one architecture for the batch (default); one per example pair (``per_example``: example ``i`` of the
+    train and of the validation batch share it, so ``|L_val − L_train|`` is that architecture's gap); or
+    ``arch_samples`` = K architectures each scored on the same batch, so that a leave-one-out baseline (``rloo``,
+    ``control.loo_baseline``) also cancels the data noise. ``step`` drives the cost term's λ annealing; ``control``
+    holds REBAR/RELAX's η, τ and their adaptation. Returns the estimator's loss, cost and diagnostics.
+    """
+    if per_example and arch_samples is not None:
+        raise ValueError('phi_step: arch_samples applies to one-architecture-per-batch sampling, not per_example')
+    if per_example and train_batch[0].shape[0] != val_batch[0].shape[0]:
+        raise ValueError(f'per-example pairs need equal train and validation batches, got {train_batch[0].shape[0]} '
+                         f'and {val_batch[0].shape[0]}')
+    loss_fn = _objective_fn(supernet, objective, train_batch, val_batch, arch_samples)
+    num_samples = train_batch[0].shape[0] if per_example else arch_samples
     cost = objective.cost
     cost_kwargs = {}
     if cost is not None:
         cost_kwargs = dict(cost_fn=cost.hinge_fn, cost_surrogate=cost.hinge_surrogate, cost_weight=cost.weight(step))
     optimizer.zero_grad(set_to_none=True)
     with _weights_frozen(supernet):
-        est: Estimate = estimate(estimator, dist, loss_fn, num_samples=sizes[0] if per_example else None,
-                                 temperature=temperature, baseline=baseline, generator=generator, **cost_kwargs)
+        est: Estimate = estimate(estimator, dist, loss_fn, num_samples=num_samples, temperature=temperature,
+                                 baseline=baseline, generator=generator, control=control, **cost_kwargs)
         est.objective.backward()
-    if per_example:
-        est.gradient_variance()  # adds diagnostics['grad_variance'] from the per-example estimates
+    if num_samples is not None and estimator != 'darts':
+        est.gradient_variance()  # adds diagnostics['grad_variance'] from the per-sample estimates
     params = [p for group in optimizer.param_groups for p in group['params']]
     if grad_sync is not None:
         grad_sync(params)

@@ -13,7 +13,7 @@ import torch.distributed as torch_dist
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from unas_zoo.data import create_dataset, dataset_info, split_train_val
-from .config import SearchConfig, SearchConfigError
+from .config import SearchConfig, SearchConfigError, per_process_batch
 from .processes import Processes
 
 __all__ = ['SeededView', 'Stream', 'build_streams', 'search_transforms']
@@ -103,12 +103,13 @@ def build_streams(cfg: SearchConfig, procs: Processes) -> tuple[Stream, Stream, 
     train_set, val_set = split_train_val(base, cfg.val_fraction, seed=cfg.seed)
     search_tf, eval_tf = search_transforms(cfg, image_size, info['mean'], info['std'])
     kwargs = dict(num_workers=cfg.num_workers, pin_memory=procs.device.type == 'cuda')
+    batch_size = per_process_batch(cfg, procs.world_size)
 
     def stream(subset, transform, seed_offset: int, shuffle: bool, random_transform: bool) -> Stream:
         sampler = DistributedSampler(subset, num_replicas=procs.world_size, rank=procs.rank, shuffle=shuffle,
                                      seed=cfg.seed + seed_offset)
         return Stream(SeededView(subset, transform, cfg.seed + seed_offset, random_transform), sampler,
-                      cfg.batch_size, kwargs)
+                      batch_size, kwargs)
 
     train = stream(train_set, search_tf, 0, True, cfg.augment)
     val = stream(val_set, search_tf, 1, True, cfg.augment)
@@ -116,6 +117,6 @@ def build_streams(cfg: SearchConfig, procs: Processes) -> tuple[Stream, Stream, 
     for name, s, n in (('train', train, len(train_set)), ('validation', val, len(val_set))):
         if s.batches_per_pass < 1:
             raise SearchConfigError(
-                f'batch_size: {cfg.batch_size} is larger than the {name} split of one process '
-                f'({n} examples over {procs.world_size} process(es)); lower batch_size or val_fraction')
+                f'batch_size: {batch_size} per process is larger than the {name} split of one process '
+                f'({n} examples over {procs.world_size} process(es)); lower the batch size or val_fraction')
     return train, val, evaluation, num_classes
