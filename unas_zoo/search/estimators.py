@@ -6,13 +6,22 @@ softmax relaxation and zeta~ ~ p(zeta | b) for the conditional relaxation (see `
 
 =============  ======================================================================================================
 ``reinforce``  (f(H(b)) - c) grad log q_b; c a constant or ``MovingAverageBaseline`` (Eq. 1/2, policy-gradient NAS).
+``rloo``       REINFORCE over K >= 2 architectures, each with the mean of the other K - 1 rewards as its baseline
+               (Kool et al. 2019): mean_k (f_k - mean_{j!=k} f_j) grad log q_{b_k}. Unbiased; one discrete pass per
+               architecture, no relaxed pass, no backward through the network.
 ``gumbel``     grad f(zeta): SNAS. Low variance, biased (it differentiates the relaxed loss, not the discrete one).
-``rebar``      Eq. 3, eta = 1: (f(H(b)) - f(zeta~)) grad log q_b - grad f(zeta~) + grad f(zeta). Unbiased.
+``rebar``      Eq. 3 with control-variate scale eta (the paper: eta = 1):
+               (f(H(b)) - eta f(zeta~)) grad log q_b - eta grad f(zeta~) + eta grad f(zeta). Unbiased for any eta.
 ``relax``      Eq. 5: as rebar with a differentiable surrogate g in the control variate, for a non-differentiable
-               cost: (c(H(b)) - g(zeta~)) grad log q_b - grad g(zeta~) + grad g(zeta). Unbiased for any g.
+               cost: (c(H(b)) - eta g(zeta~)) grad log q_b - eta grad g(zeta~) + eta grad g(zeta). Unbiased for any g.
 ``darts``      grad f(softmax(phi)): the deterministic mixture of DARTS, for comparison (not an estimate of the
                discrete objective's gradient).
 =============  ======================================================================================================
+
+``control=RebarControl(...)`` (``rebar_control.py``) extends rebar/relax, each option unbiased: ``eta``; a
+leave-one-out baseline on the learning signal f(H(b_k)) - eta f(zeta~_k) over K samples; and eta (and tau) adapted
+online by an optimizer step on the squared norm of each estimate, taken after the estimate is fixed. control=None is
+the paper's estimator with unchanged numerics.
 
 ``estimate`` combines a differentiable loss and a non-differentiable cost on the *same* discrete sample, as in the
 paper's latency objective E[L_gen] + lambda E[cost]: with ``rebar`` or ``relax`` the loss goes through Eq. 3 (f is
@@ -137,7 +146,7 @@ def _correlation(a: Tensor, b: Tensor) -> float:
 
 
 def _leave_one_out(signal: Tensor) -> Tensor:
-    """signal_k - mean_{j != k} signal_j: each sample's baseline is independent of it, so the estimate stays unbiased."""
+    """signal_k - mean_{j != k} signal_j: each sample's baseline is independent of it, so no bias."""
     return signal - (signal.sum() - signal) / (signal.shape[0] - 1)
 
 
@@ -216,6 +225,17 @@ def _adapted_objective(control: RebarControl, logits: Mapping[str, Tensor], leav
     return sum((logits[k] * estimates[k].detach()).sum() for k in names) / scale
 
 
+def _route_per_example(logits: Mapping[str, Tensor], num_samples: int | None
+                       ) -> tuple[Mapping[str, Tensor], dict[str, Tensor] | None]:
+    """Per-example mode: route the logits through a zero offset per example, so that the backward pass also yields
+    every example's own single-sample estimate (for the gradient variance) at no extra cost."""
+    if num_samples is None or not any(t.requires_grad for t in logits.values()):
+        return logits, None
+    per_example = {k: torch.zeros(num_samples, t.shape[-1], dtype=t.dtype, device=t.device, requires_grad=True)
+                   for k, t in logits.items()}
+    return {k: t + per_example[k] for k, t in logits.items()}, per_example
+
+
 def _estimate(name: str, logits: Mapping[str, Tensor], loss_fn: WeightsFn | None, *, num_samples: int | None,
               temperature: float, baseline: float | MovingAverageBaseline | None, cost_fn: IndicesFn | None,
               cost_surrogate: WeightsFn | None, cost_weight: float, generator: torch.Generator | None,
@@ -226,13 +246,7 @@ def _estimate(name: str, logits: Mapping[str, Tensor], loss_fn: WeightsFn | None
     if name == 'darts':
         return _darts(logits, loss_fn, num_samples, cost_fn, cost_surrogate, cost_weight, diagnostics)
 
-    # Per-example mode: route the logits through a zero offset per example, so that the backward pass also yields
-    # every example's own single-sample estimate (for the gradient variance) at no extra cost.
-    per_example = None
-    if num_samples is not None and any(t.requires_grad for t in logits.values()):
-        per_example = {k: torch.zeros(num_samples, t.shape[-1], dtype=t.dtype, device=t.device, requires_grad=True)
-                       for k, t in logits.items()}
-        logits = {k: t + per_example[k] for k, t in logits.items()}
+    logits, per_example = _route_per_example(logits, num_samples)
     eta, loo, adapts = 1.0, False, False
     if control is not None:
         eta, loo, adapts = control.eta, control.loo_baseline, control.adapts
