@@ -132,7 +132,9 @@ def test_mbconv_figure_texts_fit_and_never_overlap(name):
     genotype = genotypes.load(name)
     stages = {f'{w} ch' + (f', /{s}' if s > 1 else '') for w, s in
               zip(genotype.backbone.stage_widths, genotype.backbone.stage_strides)}
-    assert_texts_readable(mbconv_figure(genotype, 'title'), {'title'} | stages)
+    fig = mbconv_figure(genotype, 'title')
+    assert_texts_readable(fig, {'title'} | stages)
+    assert fig.get_figwidth() < 4 * fig.get_figheight(), 'the strip wraps into rows (legible on a model card)'
 
 
 # --------------------------------------------------------------------------------------------- files and formats

@@ -11,6 +11,7 @@ Files are written atomically.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
@@ -33,6 +34,7 @@ FONT = ['DejaVu Sans', 'sans-serif']
 DPI = 150
 TITLE_SIZE, STATE_SIZE, LABEL_SIZE = 12.0, 11.0, 9.0
 PAD, MARGIN, ARROW = 5.0, 12.0, 7.0
+STRIP_WIDTH = 800.0  # points: the MBConv strip wraps into rows that stay legible on a model card
 # Edge colours by op: kernel size sets the hue family, pools and skips are muted.
 OP_COLORS = {
     'skip_connect': '#7f7f7f',
@@ -221,13 +223,34 @@ def _mbconv_boxes(genotype: MBConvGenotype) -> list[list[tuple[str, str, float, 
     return groups
 
 
+def _strip_rows(groups: list[list], stage_labels: list[str], box_width: float, gap: float, frame: float,
+                limit: float) -> tuple[list[tuple[float, int]], list[tuple[float, float, str, int]], float]:
+    """Box centres (x, row) and stage frames (left, width, label, row), groups wrapped at width ``limit``."""
+    centres, frames, x, row, width = [], [], 0.0, 0, 0.0
+    for g, group in enumerate(groups):
+        stage = 0 < g < len(groups) - 1
+        span = len(group) * box_width + (len(group) - 1) * gap
+        slack = max(_text_size(stage_labels[g - 1], LABEL_SIZE)[0] + 2 * PAD - span, 0.0) if stage else 0.0
+        outer = span + (2 * frame + slack if stage else 0.0)
+        if g and x + gap + outer > limit:  # wrap: arrows leave this row's end and enter the next row's start
+            row, x, width = row + 1, 0.0, max(width, x + gap)
+        x += (gap if g else 0.0) + (frame + slack / 2 if stage else 0.0)
+        if stage:
+            frames.append((x - frame - slack / 2, outer, stage_labels[g - 1], row))
+        centres += [(x + i * (box_width + gap) + box_width / 2, row) for i in range(len(group))]
+        x += span + (frame + slack / 2 if stage else 0.0)
+        width = max(width, x)
+    return centres, frames, width
+
+
 def mbconv_figure(genotype: MBConvGenotype, title: str) -> Figure:
-    """An MBConv net as a matplotlib Figure: a left-to-right strip of layers (Fig. 5 of the UNAS paper).
+    """An MBConv net as a matplotlib Figure: the strip of layers of the UNAS paper's Fig. 5, wrapped into rows.
 
     Boxes give kernel and expansion, coloured by choice and taller for larger kernels; dashed frames group the
     stages (width, stride); 'zero' layers (removed from the net) are dashed empty boxes.
     """
     _require_matplotlib()
+    from matplotlib.patches import FancyBboxPatch
     groups = _mbconv_boxes(genotype)
     backbone = genotype.backbone
     stage_labels = [f'{w} ch' + (f', /{s}' if s > 1 else '') for w, s in
@@ -237,35 +260,35 @@ def mbconv_figure(genotype: MBConvGenotype, title: str) -> Figure:
     tallest = text_height + 2 * PAD + max(extra for group in groups for _, _, extra, _ in group)
     gap, frame = 2.5 * ARROW, PAD
     label_height = _text_size('ch', LABEL_SIZE)[1]
-    centres, frames, x = [], [], 0.0
-    for g, group in enumerate(groups):
-        stage = 0 < g < len(groups) - 1
-        span = len(group) * box_width + (len(group) - 1) * gap
-        slack = max(_text_size(stage_labels[g - 1], LABEL_SIZE)[0] + 2 * PAD - span, 0.0) if stage else 0.0
-        x += (gap if g else 0.0) + (frame + slack / 2 if stage else 0.0)
-        if stage:
-            frames.append((x - frame - slack / 2, span + 2 * frame + slack, stage_labels[g - 1]))
-        centres += [x + i * (box_width + gap) + box_width / 2 for i in range(len(group))]
-        x += span + (frame + slack / 2 if stage else 0.0)
+    one_row = _strip_rows(groups, stage_labels, box_width, gap, frame, math.inf)[2]
+    num_rows = math.ceil(one_row / STRIP_WIDTH)
+    limit = one_row / num_rows  # the narrowest wrap that needs no more rows: rows of about equal widths
+    while (layout := _strip_rows(groups, stage_labels, box_width, gap, frame, limit))[0][-1][1] >= num_rows:
+        limit += gap
+    centres, frames, x = layout
+    pitch = tallest + 2 * frame + label_height + 3 * PAD  # from one row to the next
     title_width, title_height = _text_size(_plain(title), TITLE_SIZE)
     width = max(x, title_width) + 2 * MARGIN
     top = MARGIN + title_height + 2 * PAD + label_height + frame
-    fig, ax = _canvas(width, top + tallest + frame + MARGIN, (width - x) / 2, top)
+    fig, ax = _canvas(width, top + centres[-1][1] * pitch + tallest + frame + MARGIN, (width - x) / 2, top)
     ax.text(x / 2, -top + MARGIN, _plain(title), ha='center', va='top', fontsize=TITLE_SIZE, fontfamily=FONT,
             fontweight='bold')
-    from matplotlib.patches import FancyBboxPatch
-    for left, span, label in frames:
-        ax.add_patch(FancyBboxPatch((left, -frame), span, tallest + 2 * frame, boxstyle='round,pad=0,rounding_size=6',
-                                    facecolor='none', edgecolor='#999999', linestyle='--', linewidth=1.0))
-        ax.text(left + span / 2, -frame - 2, label, ha='center', va='bottom', fontsize=LABEL_SIZE, fontfamily=FONT,
-                color='#555555')
+    for left, span, label, row in frames:
+        ax.add_patch(FancyBboxPatch((left, row * pitch - frame), span, tallest + 2 * frame, linestyle='--',
+                                    boxstyle='round,pad=0,rounding_size=6', facecolor='none', edgecolor='#999999'))
+        ax.text(left + span / 2, row * pitch - frame - 2, label, ha='center', va='bottom', fontsize=LABEL_SIZE,
+                fontfamily=FONT, color='#555555')
     boxes = [box for group in groups for box in group]
-    middle = tallest / 2
-    for i, (centre, (text, fill, extra, dashed)) in enumerate(zip(centres, boxes)):
+    for i, ((centre, row), (text, fill, extra, dashed)) in enumerate(zip(centres, boxes)):
+        middle = row * pitch + tallest / 2
         _box(ax, centre, middle, box_width, text_height + 2 * PAD + extra, text, LABEL_SIZE, fill,
              '#999999' if dashed else '#333333', '#777777' if dashed else 'black', dashed)
-        if i:
-            _arrow(ax, ((centres[i - 1] + box_width / 2, centre - box_width / 2, middle),), '#555555')
+        if i and centres[i - 1][1] == row:
+            _arrow(ax, ((centres[i - 1][0] + box_width / 2, centre - box_width / 2, middle),), '#555555')
+        elif i:  # a wrapped row: an arrow leaves the previous row's end and enters this row's start
+            end = centres[i - 1][0] + box_width / 2
+            _arrow(ax, ((end, end + gap, middle - pitch),), '#555555')
+            _arrow(ax, ((centre - box_width / 2 - gap, centre - box_width / 2, middle),), '#555555')
     return fig
 
 
