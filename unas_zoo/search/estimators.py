@@ -236,6 +236,29 @@ def _route_per_example(logits: Mapping[str, Tensor], num_samples: int | None
     return {k: t + per_example[k] for k, t in logits.items()}, per_example
 
 
+def _control_settings(control: RebarControl | None, temperature: float, logits: Mapping[str, Tensor],
+                      diagnostics: dict[str, float]) -> tuple[float | Tensor, bool, bool, float | Tensor]:
+    """(eta, leave-one-out, adapts, tau) for this step: the paper's (1, False, False, temperature) without control."""
+    if control is None:
+        return 1.0, False, False, temperature
+    tau = control.temperature if control.adapt_temperature else temperature
+    diagnostics.update(eta=float(control.eta.detach()), temperature=float(torch.as_tensor(tau).detach()))
+    if control.adapts and not all(t.requires_grad for t in logits.values()):
+        raise ValueError('RebarControl adaptation needs logits that require grad')
+    return control.eta, control.loo_baseline, control.adapts, tau
+
+
+def _score_function_term(name: str, reward: Tensor, log_p: Tensor,
+                         baseline: float | MovingAverageBaseline | None) -> Tensor:
+    """(reward - c) log q_b: c the given baseline (reinforce) or the other samples' mean reward (rloo)."""
+    if name == 'rloo':
+        return _leave_one_out(reward) * log_p
+    term = (reward - (0.0 if baseline is None else float(baseline))) * log_p
+    if isinstance(baseline, MovingAverageBaseline):
+        baseline.update(reward.mean())
+    return term
+
+
 def _estimate(name: str, logits: Mapping[str, Tensor], loss_fn: WeightsFn | None, *, num_samples: int | None,
               temperature: float, baseline: float | MovingAverageBaseline | None, cost_fn: IndicesFn | None,
               cost_surrogate: WeightsFn | None, cost_weight: float, generator: torch.Generator | None,
@@ -247,13 +270,7 @@ def _estimate(name: str, logits: Mapping[str, Tensor], loss_fn: WeightsFn | None
         return _darts(logits, loss_fn, num_samples, cost_fn, cost_surrogate, cost_weight, diagnostics)
 
     logits, per_example = _route_per_example(logits, num_samples)
-    eta, loo, adapts = 1.0, False, False
-    if control is not None:
-        eta, loo, adapts = control.eta, control.loo_baseline, control.adapts
-        temperature = control.temperature if control.adapt_temperature else temperature
-        diagnostics.update(eta=float(eta.detach()), temperature=float(torch.as_tensor(temperature).detach()))
-        if adapts and not all(t.requires_grad for t in logits.values()):
-            raise ValueError('RebarControl adaptation needs logits that require grad')
+    eta, loo, adapts, temperature = _control_settings(control, temperature, logits, diagnostics)
 
     sample = relaxed_sample(logits, num_samples, temperature, generator)
     log_p = log_prob(logits, sample.indices)
@@ -297,12 +314,8 @@ def _estimate(name: str, logits: Mapping[str, Tensor], loss_fn: WeightsFn | None
             if num_samples is not None and num_samples > 1:
                 diagnostics['cost_cv_correlation'] = _correlation(hard_cost, g_x.detach())
 
-    if name == 'reinforce':
-        term = term + (reward - (0.0 if baseline is None else float(baseline))) * log_p
-        if isinstance(baseline, MovingAverageBaseline):
-            baseline.update(reward.mean())
-    elif name == 'rloo':
-        term = term + _leave_one_out(reward) * log_p
+    if name in ('reinforce', 'rloo'):
+        term = term + _score_function_term(name, reward, log_p, baseline)
 
     stacked = torch.stack([i.reshape(-1) for i in sample.indices.values()], dim=-1)
     diagnostics['distinct_archs'] = float(torch.unique(stacked, dim=0).shape[0])
