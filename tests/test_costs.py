@@ -47,7 +47,7 @@ def _build(section, dist=None, **kw):
 
 
 def test_registry_names():
-    assert {'latency', 'macs', 'params', 'peak_memory'} <= set(COSTS)
+    assert {'latency', 'ort_latency', 'macs', 'params', 'peak_memory'} <= set(COSTS)
 
 
 def test_annealing_and_hinge():
@@ -153,6 +153,23 @@ def test_latency_cost_on_cpu(tmp_path):
     assert 'searched' in table and 'mobilenetv2_100' in table and 'target: 1 ms' in table
 
 
+def test_ort_latency_cost_on_cpu(tmp_path):
+    """The sampled child exported to ONNX and timed in ONNX Runtime, cached under its own context."""
+    import onnxruntime
+    dist = MBConvDistribution(TINY)
+    section = {'name': 'ort_latency', 'target': 1.0, 'batch_size': 2, 'warmup': 1, 'repeats': 2, 'num_threads': 1,
+               'num_classes': 10, 'cache': str(tmp_path / 'cache.json'), 'surrogate': {'samples': 3, 'holdout': 0}}
+    term = _build(section, dist, device='cpu', input_size=(3, 16, 16))
+    assert term.unit == 'ms' and term.timing.runtime == 'onnxruntime' and term.timing.num_threads == 1
+    assert term.info['context']['onnxruntime'] == onnxruntime.__version__
+    value = term.cost_fn(dist.sample(generator=torch.Generator().manual_seed(0)))
+    assert value.shape == () and float(value) > 0
+    term.flush()
+    contexts = __import__('json').loads((tmp_path / 'cache.json').read_text())['contexts'].values()
+    assert [c['context']['runtime'] for c in contexts] == ['onnxruntime'] and len(next(iter(contexts))['entries']) >= 3
+    assert 'searched' in term.summary(dist.to_genotype(), references=())
+
+
 def test_macs_cost_matches_complexity():
     dist = MBConvDistribution(TINY)
     term = _build({'name': 'macs', 'target': 1.0, 'input_size': [3, 32, 32], 'num_classes': 10,
@@ -179,8 +196,10 @@ def test_peak_memory_on_cpu_grows_with_batch():
     ({'name': 'latency'}, r"give exactly one of 'target'"),
     ({'name': 'latency', 'target': 1, 'target_quantile': 0.5}, r"give exactly one of 'target'"),
     ({'name': 'latency', 'target_quantile': 1.5}, r'cost.target_quantile: must be <= 1'),
-    ({'name': 'flops', 'target': 1}, r"unknown cost 'flops'; registered costs are \['latency', 'macs', 'params', "
-                                     r"'peak_memory'\]"),
+    ({'name': 'flops', 'target': 1}, r"unknown cost 'flops'; registered costs are \['latency', 'macs', "
+                                     r"'ort_latency', 'params', 'peak_memory'\]"),
+    ({'name': 'ort_latency', 'target': 1, 'channels_last': True}, r"unknown key\(s\) \['channels_last'\] for cost "
+                                                                  r"'ort_latency'"),
     ({'name': 'latency', 'target': 1, 'batch': 32}, r"unknown key\(s\) \['batch'\] for cost 'latency'; allowed keys"),
     ({'name': 'params', 'target': 1, 'dtype': 'float32'}, r"unknown key\(s\) \['dtype'\]"),
     ({'name': 'latency', 'target': 1, 'dtype': 'int8'}, r'cost.dtype: unknown value'),

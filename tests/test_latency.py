@@ -98,6 +98,25 @@ def test_spec_rejects_bad_values():
         TimingSpec(dtype='int8')
     with pytest.raises(LatencyError, match='batch_size'):
         TimingSpec(batch_size=0)
+    with pytest.raises(LatencyError, match="runtime 'tvm' .*allowed values are \\['torch', 'onnxruntime'\\]"):
+        TimingSpec(runtime='tvm')
+    with pytest.raises(LatencyError, match='onnxruntime times float32 on the cpu'):
+        TimingSpec(runtime='onnxruntime', device='cuda')
+
+
+def test_onnxruntime_timing_is_cached_under_its_own_context(tmp_path):
+    import onnxruntime
+    spec = TimingSpec(batch_size=2, input_size=(3, 16, 16), warmup=1, repeats=3, num_threads=1, runtime='onnxruntime')
+    model = _tiny().train()
+    timing = time_model(model, spec)
+    assert timing.repeats == 3 and 0 < timing.min_ms <= timing.median_ms and model.training
+    context, torch_context = spec.context('m'), SPEC.context('m')
+    assert 'runtime' not in torch_context  # torch timings keep their keys: existing caches stay valid
+    assert context == {**torch_context, 'runtime': 'onnxruntime', 'onnxruntime': onnxruntime.__version__}
+    meter = LatencyMeter(lambda g: _tiny(), spec, LatencyCache(tmp_path / 'cache.json'), model_tag='m')
+    assert meter('arch') == meter('arch') > 0 and (meter.misses, meter.hits) == (1, 1)
+    with pytest.raises(LatencyError, match='features_only models are not exported'):
+        time_model(__import__('timm').create_model('mbconv_net', features_only=True), spec)
 
 
 def test_surrogate_recovers_planted_linear_latency(tmp_path):

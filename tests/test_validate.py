@@ -143,3 +143,18 @@ def test_latency_is_reported_when_asked(tmp_path):
     results = json.loads(results_file.read_text())
     assert results['latency_ms'] > 0 and results['latency_iqr_ms'] >= 0
     assert results['latency_batch_size'] == 2 and results['latency_device'].startswith('cpu')
+    assert results['latency_runtime'] == 'torch'
+
+
+def test_onnxruntime_latency_is_reported_when_asked(tmp_path, capsys):
+    results_file = tmp_path / 'latency.json'
+    argv = ['--model', 'darts_cell_cifar', '--model-kwargs', 'init_channels=4', 'layers=3', '--num-classes', '10',
+            '--img-size', '32', '--latency', 'onnxruntime', '--latency-batch-size', '2', '--latency-repeats', '3',
+            '--device', 'cpu', '--results-file', str(results_file)]
+    assert validate_main(argv) == 0
+    results = json.loads(results_file.read_text())
+    assert results['latency_runtime'] == 'onnxruntime' and results['latency_ms'] > 0
+    assert 'onnxruntime latency at batch 2 on cpu' in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:  # argparse names the allowed runtimes
+        validate_main(['--model', 'darts_cell_cifar', '--latency', 'tvm'])
+    assert exit_info.value.code == 2 and "choose from 'torch', 'onnxruntime'" in capsys.readouterr().err

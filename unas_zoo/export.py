@@ -22,7 +22,7 @@ from torch import nn
 
 from ._io import atomic_path
 
-__all__ = ['ExportError', 'ORT_TOLERANCE', 'onnx_bytes', 'ort_session', 'ort_max_abs_diff', 'export_onnx', 'main']
+__all__ = ['ExportError', 'ORT_TOLERANCE', 'onnx_bytes', 'ort_session', 'ort_version', 'ort_max_abs_diff', 'export_onnx', 'main']
 
 ORT_TOLERANCE = 1e-4  # fp32: fused kernels reorder sums, never by more than this on unit-scale inputs
 _OPSET = 17
@@ -38,6 +38,11 @@ def _require_ort() -> Any:
     except ImportError as e:
         raise ExportError("ONNX export needs onnx and onnxruntime: pip install -e '.[export]'") from e
     return onnxruntime
+
+
+def ort_version() -> str:
+    """The installed ONNX Runtime version (part of what an ORT timing is valid for)."""
+    return _require_ort().__version__
 
 
 def _input_size(model: nn.Module, input_size: Sequence[int] | None) -> tuple[int, ...]:

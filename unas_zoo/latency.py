@@ -6,7 +6,9 @@ variate. This module provides the three pieces:
 
 * :func:`time_model` -- times one network in eval mode under ``torch.inference_mode()``: CUDA events with
   synchronisation on GPU, ``time.perf_counter`` with a pinned thread count on CPU; warm-up, then median and IQR of
-  ``repeats`` forward passes at batch 32 by default (the paper's setting).
+  ``repeats`` forward passes at batch 32 by default (the paper's setting). With ``runtime='onnxruntime'`` the
+  network is exported to ONNX and timed in ONNX Runtime on the CPU instead (pinned intra-op threads), where layer
+  fusion makes latency no sum of per-layer costs.
 * :class:`LatencyCache` / :class:`LatencyMeter` -- per-architecture results in a JSON file that survives restarts,
   keyed by everything that changes a timing (device name, dtype, batch, input size, threads, torch version, ...).
 * :class:`LinearSurrogate` -- ridge regression on measured random architectures with held-out error, saved as
@@ -33,11 +35,12 @@ from ._io import atomic_path, atomic_write_text
 __all__ = [
     'LatencyError', 'TimingSpec', 'Timing', 'time_model', 'device_name', 'architecture_key',
     'LatencyCache', 'LatencyMeter', 'LinearSurrogate', 'fit_surrogate', 'random_architectures',
-    'DTYPES', 'STATISTICS', 'REFERENCE_MODELS', 'compare_latency', 'format_latency_table', 'default_cache_path',
+    'DTYPES', 'STATISTICS', 'RUNTIMES', 'REFERENCE_MODELS', 'compare_latency', 'format_latency_table', 'default_cache_path',
 ]
 
 DTYPES = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}
 STATISTICS = ('median', 'min', 'mean')
+RUNTIMES = ('torch', 'onnxruntime')
 # The networks a latency search is compared against (paper Table 3), timed on the same device as the result.
 REFERENCE_MODELS = ('unas_mbconv_gpu', 'proxylessnas_gpu', 'mobilenetv2_100')
 _SURROGATE_FORMAT = 'unas_zoo.linear_surrogate/1'
@@ -63,6 +66,7 @@ class TimingSpec:
     repeats: int = 30
     num_threads: int | None = None    # CPU only; None: torch's current thread count (recorded in the key)
     statistic: str = 'median'         # what a meter reports: 'median', or 'min' (robust when other work interferes)
+    runtime: str = 'torch'            # 'torch' | 'onnxruntime' (the ONNX export timed in ONNX Runtime, CPU, fp32)
 
     def __post_init__(self):
         if self.dtype not in DTYPES:
@@ -76,6 +80,11 @@ class TimingSpec:
             raise LatencyError(f'warmup must be >= 0, got {self.warmup}')
         if self.num_threads is not None and self.num_threads < 1:
             raise LatencyError(f'num_threads must be >= 1, got {self.num_threads}')
+        if self.runtime not in RUNTIMES:
+            raise LatencyError(f'runtime {self.runtime!r} is not supported; allowed values are {list(RUNTIMES)}')
+        if self.runtime == 'onnxruntime' and (self.device != 'cpu' or self.dtype != 'float32' or self.channels_last):
+            raise LatencyError(f'runtime onnxruntime times float32 on the cpu (NCHW); got device {self.device!r}, '
+                               f'dtype {self.dtype!r}, channels_last {self.channels_last}')
         object.__setattr__(self, 'input_size', tuple(int(s) for s in self.input_size))
 
     def torch_device(self) -> torch.device:
@@ -93,6 +102,12 @@ class TimingSpec:
 
     def context(self, model_tag: str = '') -> dict[str, Any]:
         """What a cached timing is valid for (all its statistics are cached, so ``statistic`` is not part of it)."""
+        if self.runtime == 'onnxruntime':  # torch-runtime keys stay as they were, so existing caches stay valid
+            from .export import ort_version
+            return {**self._torch_context(model_tag), 'runtime': 'onnxruntime', 'onnxruntime': ort_version()}
+        return self._torch_context(model_tag)
+
+    def _torch_context(self, model_tag: str) -> dict[str, Any]:
         return {
             'device': device_name(self.torch_device()),
             'dtype': self.dtype,
@@ -158,6 +173,8 @@ def time_model(model: nn.Module, spec: TimingSpec = TimingSpec()) -> Timing:
 
     The model is moved to the spec's device (and to channels_last when asked); its train/eval mode is restored.
     """
+    if spec.runtime == 'onnxruntime':
+        return _time_onnxruntime(model, spec)
     device = spec.torch_device()
     was_training = model.training
     model = model.to(device).eval()
@@ -189,6 +206,24 @@ def time_model(model: nn.Module, spec: TimingSpec = TimingSpec()) -> Timing:
                     times.append((time.perf_counter() - start) * 1e3)
     finally:
         model.train(was_training)
+    return Timing.from_times(times)
+
+
+def _time_onnxruntime(model: nn.Module, spec: TimingSpec) -> Timing:
+    """Export ``model`` to ONNX (dynamic batch) and time it in ONNX Runtime on the CPU with pinned threads."""
+    from .export import ExportError, onnx_bytes, ort_session
+    try:
+        session = ort_session(onnx_bytes(model.cpu(), spec.input_size), threads=spec.threads())
+    except ExportError as e:
+        raise LatencyError(str(e)) from None
+    x = {'input': torch.randn(spec.batch_size, *spec.input_size).numpy()}
+    for _ in range(spec.warmup):
+        session.run(None, x)
+    times = []
+    for _ in range(spec.repeats):
+        start = time.perf_counter()
+        session.run(None, x)
+        times.append((time.perf_counter() - start) * 1e3)
     return Timing.from_times(times)
 
 

@@ -21,7 +21,7 @@ from timm.utils import ParseKwargs
 from ._io import atomic_write_text
 from .complexity import complexity, mobile_setting
 from .data import create_dataset, dataset_info
-from .latency import TimingSpec, device_name, time_model
+from .latency import RUNTIMES, TimingSpec, device_name, time_model
 from .training import (
     TrainingError, _bool_flag, _data_settings, _run_cli, build_transform, create_loader, create_model, evaluate,
     load_weights, read_checkpoint_args,
@@ -51,8 +51,9 @@ def validate_parser() -> argparse.ArgumentParser:
     p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     _bool_flag(p, '--amp', 'mixed precision (CUDA only)')
     _bool_flag(p, '--channels-last', 'channels_last memory layout')
-    p.add_argument('--latency', action='store_true',
-                   help='also time the forward pass on --device (median of --latency-repeats, after warm-up)')
+    p.add_argument('--latency', nargs='?', const='torch', default=None, choices=RUNTIMES,
+                   help='also time the forward pass (median of --latency-repeats, after warm-up): torch on --device '
+                        '(the default), or onnxruntime: the ONNX export in ONNX Runtime on the CPU')
     p.add_argument('--latency-batch-size', type=int, default=32, help='batch of the timing (the paper: 32)')
     p.add_argument('--latency-repeats', type=int, default=30)
     p.add_argument('--results-file', default='', help='write the results to this .json or .csv file')
@@ -92,13 +93,15 @@ def validate(args: argparse.Namespace) -> dict[str, Any]:
     results.update(params=counts['params'], macs=counts['macs'], fvcore_total=counts['fvcore_total'],
                    input_size=list(counts['input_size']), mobile_setting=mobile_setting(counts['macs']))
     if args.latency:
-        spec = TimingSpec(device=str(device), batch_size=args.latency_batch_size, input_size=counts['input_size'],
-                          dtype='float16' if args.amp and device.type == 'cuda' else 'float32',
-                          channels_last=args.channels_last, warmup=min(10, args.latency_repeats),
+        ort = args.latency == 'onnxruntime'  # ONNX Runtime times fp32 NCHW on the CPU, whatever --device says
+        spec = TimingSpec(device='cpu' if ort else str(device), batch_size=args.latency_batch_size,
+                          input_size=counts['input_size'], runtime=args.latency,
+                          dtype='float16' if args.amp and device.type == 'cuda' and not ort else 'float32',
+                          channels_last=args.channels_last and not ort, warmup=min(10, args.latency_repeats),
                           repeats=args.latency_repeats)
         timing = time_model(model, spec)
-        results.update(latency_ms=timing.median_ms, latency_iqr_ms=timing.iqr_ms,
-                       latency_batch_size=spec.batch_size, latency_device=device_name(device))
+        results.update(latency_ms=timing.median_ms, latency_iqr_ms=timing.iqr_ms, latency_runtime=spec.runtime,
+                       latency_batch_size=spec.batch_size, latency_device=device_name(spec.device))
     if eval_set is not None:
         num_classes_data = dataset_info(dataset_name)['num_classes'] or len(eval_set.classes)
         if model.num_classes != num_classes_data:
@@ -153,7 +156,8 @@ def _format_results(results: dict[str, Any]) -> str:
              f'(conv+linear), fvcore total {results["fvcore_total"] / 1e6:.1f}M at input {results["input_size"]}; '
              f'mobile setting (< 600M MACs): {"yes" if results["mobile_setting"] else "no"}']
     if 'latency_ms' in results:
-        lines.append(f'latency at batch {results["latency_batch_size"]} on {results["latency_device"]}: '
+        lines.append(f'{results.get("latency_runtime", "torch")} latency at batch {results["latency_batch_size"]} on '
+                     f'{results["latency_device"]}: '
                      f'{results["latency_ms"]:.2f} ms (IQR {results["latency_iqr_ms"]:.2f} ms)')
     if 'top1' in results:
         lines.append(f'{results["dataset"]} {results["split"]} ({results["num_images"]} images): top-1 '

@@ -33,7 +33,7 @@ DEVICES = ('auto', 'cpu', 'cuda')
 REBAR_BASELINES = ('none', 'loo')
 REBAR_ADAPT = ('none', 'eta', 'eta_temperature')
 # Costs of costs.COSTS that build the child network (only the mbconv space has a builder for them).
-_MODEL_COSTS = ('latency', 'macs', 'params', 'peak_memory')
+_MODEL_COSTS = ('latency', 'ort_latency', 'macs', 'params', 'peak_memory')
 # Must match estimators.ESTIMATORS (a test checks it); kept here so that reading a config imports no search code.
 ESTIMATOR_NAMES = ('reinforce', 'rloo', 'gumbel', 'rebar', 'relax', 'darts')
 

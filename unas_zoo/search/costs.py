@@ -10,6 +10,9 @@ name          unit   what is measured for one architecture
 ============  =====  ====================================================================================
 latency       ms     median forward latency of the child network (``unas_zoo.latency``: CUDA events or
                      ``perf_counter``; cached in a file per device, dtype, batch, input size, threads)
+ort_latency   ms     the child exported to ONNX and timed in ONNX Runtime on the CPU (fp32, pinned threads,
+                     ``statistic`` of the repeats; cached like ``latency``). ORT fuses layers, so this latency
+                     is not a sum of per-layer costs: the case RELAX is for. Needs the ``export`` extra.
 macs          M      multiply-adds at batch 1 (fvcore, through ``unas_zoo.complexity``)
 params        M      parameters of the child network
 peak_memory   MB     CUDA: ``torch.cuda.max_memory_allocated`` during one forward pass at the batch size,
@@ -110,7 +113,7 @@ class CostTerm:
 
     def summary(self, genotype: Any, references: tuple[str, ...] = REFERENCE_MODELS) -> str:
         """How the result compares: for latency a table timed on the same device next to ``references``."""
-        if self.name == 'latency' and self.timing is not None:
+        if self.name in ('latency', 'ort_latency') and self.timing is not None:
             searched = self.build_fn(genotype) if self.build_fn is not None else genotype
             rows = compare_latency({'searched': searched, **{r: r for r in references}}, self.timing,
                                    num_classes=self.num_classes)
@@ -168,10 +171,11 @@ _TIMING_KEYS = ('device', 'batch_size', 'input_size', 'dtype', 'channels_last', 
                 'statistic', 'num_classes', 'cache')
 
 
-def _timing_spec(ctx: CostContext) -> TimingSpec:
+def _timing_spec(ctx: CostContext, runtime: str = 'torch') -> TimingSpec:
     o = ctx.options
     kwargs = {
-        'device': str(ctx.device),
+        'device': 'cpu' if runtime == 'onnxruntime' else str(ctx.device),
+        'runtime': runtime,
         'batch_size': o.get('batch_size', 32),
         'input_size': tuple(ctx.input_size),
         'dtype': o.get('dtype', 'float32'),
@@ -193,6 +197,20 @@ def _latency(ctx: CostContext):
     cache = LatencyCache(ctx.options['cache']) if ctx.options.get('cache') else LatencyCache()
     meter = LatencyMeter(ctx.build, spec, cache, model_tag=ctx.model_tag)
     return meter, {'cost': 'latency', 'statistic': spec.statistic, **meter.context}
+
+
+@register_cost('ort_latency', unit='ms', keys=tuple(k for k in _TIMING_KEYS if k not in ('device', 'dtype',
+                                                                                        'channels_last')))
+def _ort_latency(ctx: CostContext):
+    from unas_zoo.export import ExportError, ort_version
+    try:
+        ort_version()
+    except ExportError as e:
+        raise CostError(f'{ctx.where}.name: ort_latency: {e}') from None
+    spec = _timing_spec(ctx, runtime='onnxruntime')
+    cache = LatencyCache(ctx.options['cache']) if ctx.options.get('cache') else LatencyCache()
+    meter = LatencyMeter(ctx.build, spec, cache, model_tag=ctx.model_tag)
+    return meter, {'cost': 'ort_latency', 'statistic': spec.statistic, **meter.context}
 
 
 @register_cost('macs', unit='M', keys=('input_size', 'num_classes'))
