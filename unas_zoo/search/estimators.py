@@ -88,6 +88,8 @@ class Estimate:
     ``objective.backward()`` puts the gradient estimate into the distribution's logits' ``.grad``. It also sends
     gradient to network weights through the relaxed (``rebar``/``relax``/``gumbel``) or mixed (``darts``) pass of
     ``loss_fn``; the discrete pass runs under ``torch.no_grad()``. Zero the weights' gradients before their own step.
+    ``reinforce``/``rloo`` and an adapting ``RebarControl`` (whose objective is linear in the logits, the estimate
+    being computed already) send none.
 
     ``loss``/``cost``: detached means over the sample of the discrete loss and cost (``gumbel``: the relaxed loss,
     ``darts``: the mixture loss, which are what those estimators evaluate).
