@@ -254,6 +254,8 @@ MALFORMED = [
      ['normal.concat', '6 is out of range', 'allowed 2..5']),
     ('concat_empty', mutated(DARTS, set_at('reduce', 'concat', [])),
      ['reduce.concat', 'at least one node']),
+    ('concat_repeats_a_node', mutated(DARTS, set_at('normal', 'concat', [2, 3, 3, 3, 3, 4, 5])),
+     ['normal.concat', 'names a node twice', 'each node at most once']),
     ('missing_reduce_cell', mutated(DARTS, delete('reduce')),
      ["missing key(s) ['reduce']", "required keys are ['normal', 'reduce', 'space']"]),
     ('missing_cell_nodes', mutated(DARTS, delete('normal', 'nodes')),
@@ -280,6 +282,14 @@ MALFORMED = [
      ['backbone.stem_width', 'expected an integer', "str 'forty'"]),
     ('backbone_width_zero', mutated(MBCONV, set_at('backbone', 'head_width', 0)),
      ['backbone.head_width', '0 is out of range']),
+    ('backbone_head_width_huge', mutated(MBCONV, set_at('backbone', 'head_width', 100_000_000_000)),
+     ['backbone.head_width', '100000000000 is out of range', 'allowed 1..8192']),
+    ('backbone_stage_width_huge', mutated(MBCONV, set_at('backbone', 'stage_widths', [32, 56, 112, 128, 256, 10**6])),
+     ['backbone.stage_widths', '1000000 is out of range', 'allowed 1..8192']),
+    ('backbone_too_many_layers', mutated(MBCONV, set_at('backbone', 'stage_depths', [4, 4, 4, 4, 4, 10**6])),
+     ['backbone.stage_depths', '1000020 layers in all', 'allowed at most 128']),
+    ('backbone_too_many_stages', mutated(MBCONV, set_at('backbone', 'stage_widths', [32] * 17)),
+     ['backbone.stage_widths', 'has 17 entries', 'allowed 1..16 stages']),
     ('backbone_stride_three', mutated(MBCONV, set_at('backbone', 'stage_strides', [2, 2, 2, 1, 3, 1])),
      ['backbone.stage_strides', 'unknown value 3', 'allowed values are [1, 2]']),
     ('backbone_stage_lists_disagree', mutated(MBCONV, set_at('backbone', 'stage_depths', [4, 4, 4, 4, 4])),
@@ -369,3 +379,31 @@ def test_bad_dict_names_its_source():
         genotypes.load(data)
     with pytest.raises(GenotypeError, match=r'^run42/config.json: normal node 0 branch 0 op'):
         genotypes.from_dict(data, 'run42/config.json')
+
+
+def test_yaml_aliases_are_refused_quickly_and_in_little_memory(tmp_path):
+    """A "billion laughs" file: 9 levels of 9 aliases would expand to 9**9 strings under yaml.safe_load."""
+    import time
+    import tracemalloc
+    levels = 'abcdefghi'
+    text = 'space: darts\nprovenance:\n  a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n' + ''.join(
+        f'  {c}: &{c} [{", ".join([f"*{p}"] * 9)}]\n' for p, c in zip(levels, levels[1:]))
+    path = tmp_path / 'laughs.yaml'
+    path.write_text(text)
+    tracemalloc.start()
+    start = time.perf_counter()
+    with pytest.raises(GenotypeError) as info:
+        genotypes.load(path)
+    seconds, peak = time.perf_counter() - start, tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert seconds < 1.0 and peak < 5e6
+    message = str(info.value)
+    assert message.startswith(f'{path}: not valid YAML at line 4') and 'alias *a refused' in message
+    assert '\n' not in message
+
+
+def test_deep_nesting_is_refused_without_recursion_error(tmp_path):
+    path = tmp_path / 'deep.yaml'
+    path.write_text('space: darts\nprovenance: {x: ' + '[' * 20_000 + ']' * 20_000 + '}\n')
+    with pytest.raises(GenotypeError, match=r'not valid YAML at line 2.*nested deeper than 64 levels'):
+        genotypes.load(path)

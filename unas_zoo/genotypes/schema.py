@@ -6,8 +6,9 @@ Two search spaces share this module:
   Inputs 0 and 1 are the cell inputs c_{k-2} and c_{k-1}; input ``2 + j`` is node ``j``.
 * ``mbconv`` -- the ProxylessNAS MobileNetV2-style backbone and one choice per searchable layer.
 
-Every genotype is plain data: it loads from YAML with ``yaml.safe_load``, validates with messages that name the
-file, the location and the allowed values, and writes back to YAML so that load -> save -> load round-trips.
+Every genotype is plain data: it loads from YAML with ``yaml.safe_load`` rules and without aliases or deep nesting
+(``_io.safe_load_yaml``), validates with bounded sizes and messages that name the file, the location and the allowed
+values, and writes back to YAML so that load -> save -> load round-trips.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from typing import Any, Union
 
 import yaml
 
-from .._io import atomic_write_text
+from .._io import atomic_write_text, safe_load_yaml
 
 __all__ = [
     'DARTS_OPS', 'CIFAR_SEARCH_OPS', 'IMAGENET_SEARCH_OPS', 'MBCONV_CHOICES', 'NODES_PER_CELL',
@@ -43,6 +44,10 @@ BRANCHES_PER_NODE = 2
 # Per-layer choices of the ProxylessNAS space: 'zero' removes the layer, 'KxK_eE' is an MBConv block.
 MBCONV_CHOICES = ('zero', '3x3_e3', '3x3_e6', '5x5_e3', '5x5_e6', '7x7_e3', '7x7_e6')
 MBCONV_ACTS = ('relu6', 'relu', 'swish', 'hard_swish')
+# Bounds of an mbconv backbone: far beyond any real network, small enough that a typo cannot ask for terabytes.
+MAX_WIDTH = 8192
+MAX_STAGES = 16
+MAX_LAYERS = 128
 
 _ZOO_DIR = 'unas_zoo.genotypes'
 
@@ -236,6 +241,8 @@ def _parse_cell(check: _Checker, data: Any, where: str) -> Cell:
     if not concat:
         raise check.fail(f'{where}.concat', 'must name at least one node')
     concat = tuple(check.integer(c, f'{where}.concat', 2, NODES_PER_CELL + 1) for c in concat)
+    if len(set(concat)) != len(concat):
+        raise check.fail(f'{where}.concat', f'{list(concat)} names a node twice; each node at most once')
     return Cell(tuple(nodes), concat)
 
 
@@ -250,9 +257,11 @@ def _parse_backbone(check: _Checker, data: Any) -> MBConvBackbone:
         value = data[key]
         where = f'backbone.{key}'
         if isinstance(default, tuple):
-            value = tuple(check.integer(v, where, 1) for v in check.sequence(value, where))
-            if not value:
-                raise check.fail(where, 'must have at least one entry')
+            value = check.sequence(value, where)
+            if not 1 <= len(value) <= MAX_STAGES:
+                raise check.fail(where, f'has {len(value)} entries; allowed 1..{MAX_STAGES} stages')
+            high = MAX_WIDTH if key == 'stage_widths' else None
+            value = tuple(check.integer(v, where, 1, high) for v in value)
         elif key == 'act':
             value = check.choice(value, where, MBCONV_ACTS)
         elif key == 'bn_eps':
@@ -264,13 +273,16 @@ def _parse_backbone(check: _Checker, data: Any) -> MBConvBackbone:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
                 raise check.fail(where, f'expected a float in (0, 1), got {value!r}')
             value = float(value)
-        else:
-            value = check.integer(value, where, 1)
+        else:  # a width
+            value = check.integer(value, where, 1, MAX_WIDTH)
         values[key] = value
     stages = len(values['stage_widths'])
     for key in ('stage_depths', 'stage_strides'):
         if len(values[key]) != stages:
             raise check.fail(f'backbone.{key}', f'has {len(values[key])} entries but stage_widths has {stages}')
+    if sum(values['stage_depths']) > MAX_LAYERS:
+        raise check.fail('backbone.stage_depths', f'{sum(values["stage_depths"])} layers in all; allowed at most '
+                                                  f'{MAX_LAYERS}')
     for s in values['stage_strides']:
         check.choice(s, 'backbone.stage_strides', (1, 2))
     return MBConvBackbone(**values)
@@ -332,6 +344,8 @@ def _yaml_error_line(error: yaml.YAMLError) -> str:
     detail = ' '.join(filter(None, (getattr(error, 'context', None), getattr(error, 'problem', None)))) or str(error)
     refused_tag = isinstance(error, yaml.constructor.ConstructorError)
     hint = ' (tags that build Python objects are refused)' if refused_tag else ''
+    if isinstance(error, yaml.composer.ComposerError) and 'alias' in detail:
+        hint = ' (a genotype is plain data: write each value out)'
     return f"not valid YAML{where}: {' '.join(detail.split())}{hint}"
 
 
@@ -360,7 +374,7 @@ def load(name_or_path: str | os.PathLike | dict | Genotype) -> Genotype:
             raise GenotypeError(f'{label}: not a UTF-8 text file (byte {e.start}); a genotype is a YAML text file') \
                 from None
     try:
-        data = yaml.safe_load(text)
+        data = safe_load_yaml(text)
     except yaml.YAMLError as e:
         raise GenotypeError(f'{label}: {_yaml_error_line(e)}') from None
     genotype = from_dict(data, label)
