@@ -167,6 +167,8 @@ class _Run:
             parts.append(f'φ loss {m["phi_loss"]:.3f}')
         if 'cost' in m:
             parts.append(f'cost {m["cost"]:.4g}')
+        if 'eta' in m:  # REBAR's adapted control (rebar_adapt)
+            parts.append(f'η {m["eta"]:.3f} τ {m["temperature"]:.3f}')
         parts.append(f'H {float(self.parts.dist.entropy().detach()):.2f}')
         parts.append(f'{time.time() - self.started:.0f}s')
         return ' | '.join(parts)
