@@ -22,7 +22,8 @@ from torch import nn
 
 from ._io import atomic_path
 
-__all__ = ['ExportError', 'ORT_TOLERANCE', 'onnx_bytes', 'ort_session', 'ort_version', 'ort_max_abs_diff', 'export_onnx', 'main']
+__all__ = ['ExportError', 'ORT_TOLERANCE', 'onnx_bytes', 'ort_session', 'ort_version', 'ort_max_abs_diff',
+           'export_onnx', 'main']
 
 ORT_TOLERANCE = 1e-4  # fp32: fused kernels reorder sums, never by more than this on unit-scale inputs
 _OPSET = 17

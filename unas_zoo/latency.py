@@ -35,7 +35,8 @@ from ._io import atomic_path, atomic_write_text
 __all__ = [
     'LatencyError', 'TimingSpec', 'Timing', 'time_model', 'device_name', 'architecture_key',
     'LatencyCache', 'LatencyMeter', 'LinearSurrogate', 'fit_surrogate', 'random_architectures',
-    'DTYPES', 'STATISTICS', 'RUNTIMES', 'REFERENCE_MODELS', 'compare_latency', 'format_latency_table', 'default_cache_path',
+    'DTYPES', 'STATISTICS', 'RUNTIMES', 'REFERENCE_MODELS', 'compare_latency', 'format_latency_table',
+    'default_cache_path',
 ]
 
 DTYPES = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}

@@ -28,8 +28,8 @@ from torch import nn
 
 from ..genotypes import Branch, Cell, DartsGenotype, Genotype
 from ..ops import FactorizedReduce, ReLUConvBN, is_identity, make_op
-from ._builder import (GenotypeFeatureGetterNet, GenotypeModelArgs, attach_genotype, check_pretrained_available, cifar_cfg,
-                       imagenet_cfg, resolve_genotype)
+from ._builder import (GenotypeFeatureGetterNet, GenotypeModelArgs, attach_genotype, check_pretrained_available,
+                       cifar_cfg, imagenet_cfg, resolve_genotype)
 
 __all__ = ['DartsCell', 'AuxiliaryHead', 'DartsNet', 'DartsCifarNet', 'DartsImageNetNet']
 
@@ -354,7 +354,8 @@ def _create(variant: str, model_cls: type, genotype: Any, pretrained: bool = Fal
     genotype = resolve_genotype(genotype, DartsGenotype, variant)
     default_levels = 4 if model_cls is DartsImageNetNet else 3
     # Two-input cells cannot be flattened into a sequence: features come from forward_intermediates().
-    feature_cfg = {'feature_cls': GenotypeFeatureGetterNet, 'out_indices': tuple(range(default_levels)), **kwargs.pop('feature_cfg', {})}
+    feature_cfg = {'feature_cls': GenotypeFeatureGetterNet, 'out_indices': tuple(range(default_levels)),
+                   **kwargs.pop('feature_cfg', {})}
     model = build_model_with_cfg(model_cls, variant, pretrained, genotype=genotype, feature_cfg=feature_cfg, **kwargs)
     return attach_genotype(model, genotype)
 
