@@ -171,6 +171,37 @@ def _validate(cfg: SearchConfig, source: str) -> None:
     _choice(source, 'gen_gap', cfg.gen_gap, GEN_GAPS)
     if cfg.device not in DEVICES and not cfg.device.startswith('cuda:'):
         raise fail('device', f'unknown value {cfg.device!r}; allowed values are {list(DEVICES)} or cuda:N')
+    _validate_ranges(cfg, fail)
+    _validate_estimator_options(cfg, fail)
+    unknown_ops = [op for op in cfg.ops if op not in DARTS_OPS]
+    if unknown_ops or not cfg.ops or len(set(cfg.ops)) != len(cfg.ops):
+        raise fail('ops', f'expected distinct names from {list(DARTS_OPS)}, got {cfg.ops}')
+    try:
+        mbconv_backbone(cfg.backbone)
+    except GenotypeError as e:
+        raise SearchConfigError(f"{source}: {str(e).removeprefix('<backbone>: ')}") from None
+    if cfg.estimator == 'darts' and cfg.sampling == 'per_example':
+        raise fail('sampling', "the 'darts' estimator uses one deterministic softmax mixture, so it cannot sample "
+                               "per example; use sampling: per_batch or another estimator")
+    if cfg.cost is not None:
+        from .costs import CostError, validate_cost_section  # costs imports torch-heavy latency code: load lazily
+        try:
+            validate_cost_section(cfg.cost, source)
+        except CostError as e:
+            raise SearchConfigError(str(e)) from None
+    if cfg.cost is not None and cfg.space == 'darts' and cfg.cost.get('name') in _MODEL_COSTS:
+        raise fail('cost', f"{cfg.cost.get('name')!r} is measured on the child network, and the darts space has no "
+                           f"latency model or child builder for it; search the mbconv space, or give a callable "
+                           f"cost 'package.module:function' that measures a darts genotype")
+    if cfg.cost is not None and cfg.estimator in ('gumbel', 'darts'):
+        raise fail('cost', f"a non-differentiable cost needs an unbiased estimator (reinforce, rloo, rebar or relax); "
+                           f"{cfg.estimator!r} differentiates relaxed samples only")
+    if cfg.device.startswith('cuda') and not torch.cuda.is_available():
+        raise fail('device', f'{cfg.device!r} was asked for but CUDA is not available; use device: cpu or auto')
+
+
+def _validate_ranges(cfg: SearchConfig, fail: typing.Callable[[str, str], SearchConfigError]) -> None:
+    """Numbers that must be positive, non-negative or within an interval."""
     for key in ('batch_size', 'epochs', 'log_every', 'init_channels', 'layers', 'arch_samples'):
         if getattr(cfg, key) < 1:
             raise fail(key, f'must be >= 1, got {getattr(cfg, key)}')
@@ -194,32 +225,6 @@ def _validate(cfg: SearchConfig, source: str) -> None:
     for key in ('stop_after_steps', 'threads', 'global_batch_size'):
         if getattr(cfg, key) is not None and getattr(cfg, key) < 1:
             raise fail(key, f'must be >= 1 or null, got {getattr(cfg, key)}')
-    _validate_estimator_options(cfg, fail)
-    unknown_ops = [op for op in cfg.ops if op not in DARTS_OPS]
-    if unknown_ops or not cfg.ops or len(set(cfg.ops)) != len(cfg.ops):
-        raise fail('ops', f'expected distinct names from {list(DARTS_OPS)}, got {cfg.ops}')
-    try:
-        mbconv_backbone(cfg.backbone)
-    except GenotypeError as e:
-        raise SearchConfigError(f"{source}: {str(e).removeprefix('<backbone>: ')}") from None
-    if cfg.estimator == 'darts' and cfg.sampling == 'per_example':
-        raise fail('sampling', "the 'darts' estimator uses one deterministic softmax mixture, so it cannot sample "
-                               "per example; use sampling: per_batch or another estimator")
-    if cfg.cost is not None:
-        from .costs import CostError, validate_cost_section  # costs imports torch-heavy latency code: load lazily
-        try:
-            validate_cost_section(cfg.cost, source)
-        except CostError as e:
-            raise SearchConfigError(str(e)) from None
-    if cfg.cost is not None and cfg.space == 'darts' and cfg.cost.get('name') in _MODEL_COSTS:
-        raise fail('cost', f"{cfg.cost.get('name')!r} is measured on the child network, and the darts space has no "
-                           f"latency model or child builder for it; search the mbconv space, or give a callable "
-                           f"cost 'package.module:function' that measures a darts genotype")
-    if cfg.cost is not None and cfg.estimator in ('gumbel', 'darts'):
-        raise fail('cost', f"a non-differentiable cost needs an unbiased estimator (reinforce, rebar or relax); "
-                           f"{cfg.estimator!r} differentiates relaxed samples only")
-    if cfg.device.startswith('cuda') and not torch.cuda.is_available():
-        raise fail('device', f'{cfg.device!r} was asked for but CUDA is not available; use device: cpu or auto')
 
 
 def _validate_estimator_options(cfg: SearchConfig, fail: typing.Callable[[str, str], SearchConfigError]) -> None:
