@@ -76,7 +76,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument('--quick', action='store_true', help='fewer random cells, seeds and configurations (<= 10 min)')
     p.add_argument('--random-cells', type=int, help='R (default 16; quick 8)')
-    p.add_argument('--search-seeds', type=int, help='S (default 3; quick 1)')
+    p.add_argument('--search-seeds', type=int, help='S (default 3; quick 2)')
     p.add_argument('--configs', nargs='+', choices=list(CONFIGS), help='configurations to search with')
     p.add_argument('--noise-cells', type=int, help='random cells retrained with extra seeds (default 4; quick 2)')
     p.add_argument('--noise-seeds', type=int, default=3, help='training seeds per noise cell')
@@ -86,7 +86,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument('--train-images', type=int, help='stand-alone training images (default: all 1438)')
     p.add_argument('--label-noise', type=float, default=0.0, help='fraction of stand-alone training labels replaced')
     p.add_argument('--train-epochs', type=int, default=2, help='stand-alone training epochs')
-    p.add_argument('--train-lr', type=float, default=3e-3, help='stand-alone learning rate (timm adam)')
+    p.add_argument('--train-lr', type=float, default=1e-3, help='stand-alone learning rate (timm adam)')
     p.add_argument('--channels', type=int, default=8, help='C of the supernet and of the stand-alone networks')
     p.add_argument('--layers', type=int, default=5, help='cells of the supernet and of the stand-alone networks')
     p.add_argument('--device', default='cpu', help='cpu | cuda')
@@ -109,7 +109,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         configs = tuple(c for c in configs if c not in missing)
     return Settings(
         random_cells=pick(args.random_cells, 8, 16), noise_cells=pick(args.noise_cells, 2, 4),
-        noise_seeds=args.noise_seeds, search_seeds=pick(args.search_seeds, 1, 3), configs=configs,
+        noise_seeds=args.noise_seeds, search_seeds=pick(args.search_seeds, 2, 3), configs=configs,
         search_epochs=pick(args.search_epochs, 2, 3), warmup_epochs=pick(args.warmup_epochs, 1, 2),
         task=DigitsTask(image_size=args.image_size, train_images=args.train_images, label_noise=args.label_noise),
         protocol=TrainProtocol(epochs=args.train_epochs, batch_size=32, lr=args.train_lr, opt='adam',
@@ -184,25 +184,27 @@ def _plain(data: Any) -> Any:
     return json.loads(json.dumps(data, default=str))
 
 
-def supernet_ranking(s: Settings, genotypes: list, tensors, work: Path) -> list[float]:
-    """Test accuracy of each random cell inside the default configuration's seed-0 supernet (inherited weights)."""
-    cfg = search_config(s, DEFAULT_CONFIG, 0, work / f'{DEFAULT_CONFIG}_seed0')
-    path = Path(cfg.output) / CHECKPOINT
-    state = torch.load(path, map_location=s.device, weights_only=True)
+def supernet_ranking(s: Settings, name: str, genotypes: list, tensors, work: Path) -> list[float]:
+    """Test accuracy of each random cell inside configuration ``name``'s seed-0 supernet (inherited weights)."""
+    cfg = search_config(s, name, 0, work / f'{name}_seed0')
+    state = torch.load(Path(cfg.output) / CHECKPOINT, map_location=s.device, weights_only=True)
     parts = build_search(cfg, num_classes=10, device=s.device, log=None)
     parts.supernet.load_state_dict(state['supernet'])
     _, _, x_test, y_test = tensors
     return [supernet_accuracy(parts.supernet, parts.dist, g, x_test, y_test) for g in genotypes]
 
 
-def summarize(rows: list[dict]) -> dict[str, dict]:
+def summarize(rows: list[dict], taus: dict[str, float]) -> dict[str, dict]:
+    """Per configuration: found cells' accuracy (mean, std over seeds), mean percentile, search seconds, and the
+    Kendall τ of its seed-0 supernet's ranking of the random cells."""
     out = {}
     for name in dict.fromkeys(r['config'] for r in rows):
         mine = [r for r in rows if r['config'] == name]
         mean, std = mean_std([r['accuracy'] for r in mine])
         out[name] = dict(mean=round(mean, 2), std=round(std, 2), seeds=len(mine),
                          mean_percentile=round(statistics.fmean(r['percentile'] for r in mine), 1),
-                         search_seconds=round(statistics.fmean(r['search_seconds'] for r in mine), 1))
+                         search_seconds=round(statistics.fmean(r['search_seconds'] for r in mine), 1),
+                         kendall_tau=round(taus[name], 3) if name in taus else None)
     return out
 
 
@@ -216,11 +218,11 @@ def report(results: dict, settings: Settings) -> str:
              f'{results["spread"] / results["seed_noise"]:.1f} (required >= 3)',
              f'Kendall tau (supernet {DEFAULT_CONFIG} seed 0 vs stand-alone, {len(random_accs)} random cells): '
              f'{results["kendall_tau"]:.2f}', '',
-             '| configuration | found cells test acc (%) | mean percentile among random | search s | seeds |',
-             '|---|---|---|---|---|']
+             '| configuration | found cells test acc (%) | mean percentile among random | search s | seeds '
+             '| supernet τ |', '|---|---|---|---|---|---|']
     for name, row in results['summary'].items():
         lines.append(f'| {name} | {row["mean"]:.1f} ± {row["std"]:.1f} | {row["mean_percentile"]:.0f} | '
-                     f'{row["search_seconds"]:.0f} | {row["seeds"]} |')
+                     f'{row["search_seconds"]:.0f} | {row["seeds"]} | {row["kendall_tau"]:.2f} |')
     lines += [''] + _questions(results['summary'])
     return '\n'.join(lines)
 
@@ -274,16 +276,13 @@ def run(settings: Settings, work: Path, log_started: float | None = None) -> dic
     genotypes, accuracies, spread, seed_noise = train_random(settings, tensors, started)
     _log(f'spread {spread:.2f} pts vs seed_noise {seed_noise:.2f} pts: ratio {spread / seed_noise:.1f}', started)
     rows = run_searches(settings, tensors, accuracies, work, started)
-    tau = float('nan')
-    if DEFAULT_CONFIG in settings.configs:
-        inherited = supernet_ranking(settings, genotypes, tensors, work)
-        tau = kendall_tau(inherited, accuracies)
-    else:
-        inherited = [None] * len(genotypes)
+    inherited = {name: supernet_ranking(settings, name, genotypes, tensors, work) for name in settings.configs}
+    taus = {name: kendall_tau(accs, accuracies) for name, accs in inherited.items()}
+    default = inherited.get(DEFAULT_CONFIG, [None] * len(genotypes))
     random_rows = [dict(genotype=_plain(g.to_dict()), accuracy=a, supernet_accuracy=s)
-                   for g, a, s in zip(genotypes, accuracies, inherited)]
-    return dict(random=random_rows, searched=rows, summary=summarize(rows), kendall_tau=tau, spread=spread,
-                seed_noise=seed_noise)
+                   for g, a, s in zip(genotypes, accuracies, default)]
+    return dict(random=random_rows, searched=rows, summary=summarize(rows, taus),
+                kendall_tau=taus.get(DEFAULT_CONFIG, float('nan')), spread=spread, seed_noise=seed_noise)
 
 
 def main(argv: list[str] | None = None) -> int:
