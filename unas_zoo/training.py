@@ -35,7 +35,7 @@ from timm.scheduler import create_scheduler_v2
 from timm.task import ClassificationEvaluator, ClassificationTask, evaluation_sample_limit, resume_task_checkpoint
 from timm.task import load_task_ema_checkpoint
 from timm.utils import (
-    CheckpointSaver, NativeScaler, ParseKwargs, dispatch_clip_grad, random_seed,
+    NativeScaler, ParseKwargs, dispatch_clip_grad, random_seed,
     unwrap_model, update_summary,
 )
 from timm.utils.checkpoint_saver import load_checkpoint_metadata
@@ -43,11 +43,13 @@ from timm.utils.distributed import init_distributed_device_so
 from torch.utils.data import DataLoader, DistributedSampler
 from torchvision import transforms as T
 
-from ._io import atomic_write_text
+from ._finite import NonFiniteError, check_finite, non_finite_keys
+from ._io import OutputLockedError, atomic_write_text, os_error_line, output_lock, safe_load_yaml
 from .data import DatasetError, create_dataset, dataset_info
 from .genotypes import GenotypeError, load as load_genotype
 from .latency import LatencyError
 from .models import WeightsNotPublishedError
+from .train_checkpoints import AtomicCheckpointSaver, resume_changes
 
 __all__ = [
     'TrainingError', 'Cutout', 'AuxClassificationTask', 'train_parser', 'parse_train_args', 'load_config',
@@ -67,6 +69,8 @@ class TrainingError(ValueError):
 
 # Errors caused by the user's input: reported as one line by the CLIs, never as a traceback.
 USER_ERRORS = (TrainingError, DatasetError, GenotypeError, LatencyError)
+# Runs that cannot go on: a diverged loss, an output folder in use; one line too (OSError: path and cause).
+RUN_ERRORS = (NonFiniteError, OutputLockedError)
 
 
 # ------------------------------------------------------------------------------------------------------- transforms
@@ -184,6 +188,21 @@ def create_model(
         raise TrainingError(f'{name}: could not load it ({type(e).__name__}: {" ".join(str(e).split())})') from e
 
 
+def _unreadable_checkpoint(path: Path, error: Exception) -> TrainingError:
+    """What is wrong with a checkpoint file that does not load: pickled objects refused, truncated, not torch."""
+    text = ' '.join(str(error).split())
+    if 'weights_only' in text:
+        detail = text.partition('Unsupported globals:')[2].partition(' No automatic')[0].strip(' .')
+        return TrainingError(
+            f'checkpoint {path} refused: it holds pickled Python objects ({detail or "besides tensors"}) and '
+            f'only tensors are loaded (torch.load weights_only=True); re-save its state_dict or use safetensors')
+    if 'central directory' in text or 'failed finding' in text or isinstance(error, EOFError):
+        return TrainingError(f'checkpoint {path}: truncated or damaged ({path.stat().st_size} bytes; {text}); '
+                             f'use an earlier checkpoint of the run')
+    return TrainingError(f'checkpoint {path}: cannot be read as a torch or safetensors file '
+                         f'({type(error).__name__}: {text})')
+
+
 def _is_aux_key(key: str) -> bool:
     return 'aux' in key.split('.')[0]
 
@@ -199,16 +218,8 @@ def load_weights(model: nn.Module, checkpoint: str | os.PathLike, use_ema: bool 
         raise TrainingError(f'checkpoint {path}: no such file')
     try:
         state = load_state_dict(str(path), use_ema=use_ema)
-    except RuntimeError as e:
-        if 'weights_only' in str(e):
-            detail = str(e).partition('Unsupported globals:')[2].partition(' No automatic')[0].strip(' .')
-            raise TrainingError(
-                f'checkpoint {path} refused: it holds pickled Python objects ({detail or "besides tensors"}) and '
-                f'only tensors are loaded (torch.load weights_only=True); re-save its state_dict or use '
-                f'safetensors') from e
-        raise TrainingError(f'checkpoint {path}: cannot be read ({" ".join(str(e).split())})') from e
-    except Exception as e:  # noqa: BLE001 -- e.g. not a torch / safetensors file at all
-        raise TrainingError(f'checkpoint {path}: cannot be read ({type(e).__name__}: {e})') from e
+    except Exception as e:  # noqa: BLE001 -- refused pickles, truncated or foreign files
+        raise _unreadable_checkpoint(path, e) from e
     expected = model.state_dict()
     state = {k: v for k, v in state.items() if k in expected or not _is_aux_key(k)}
     missing = sorted(set(expected) - set(state))
@@ -225,13 +236,16 @@ def load_weights(model: nn.Module, checkpoint: str | os.PathLike, use_ema: bool 
 
 
 def read_checkpoint_args(checkpoint: str | os.PathLike) -> dict:
-    """The training arguments stored in a train.py checkpoint ({} for plain state dicts or safetensors)."""
+    """The training arguments stored in a train.py checkpoint ({} for plain state dicts or safetensors).
+
+    A file that cannot be loaded is refused here, with what is wrong with it.
+    """
     if str(checkpoint).endswith('.safetensors') or not Path(checkpoint).is_file():
         return {}
     try:
         meta = load_checkpoint_metadata(str(checkpoint))
-    except Exception:  # noqa: BLE001 -- unreadable here: load_weights reports why
-        return {}
+    except Exception as e:  # noqa: BLE001 -- refused pickles, truncated or foreign files
+        raise _unreadable_checkpoint(Path(checkpoint), e) from e
     args = meta.get('args') if isinstance(meta, dict) else None
     return dict(vars(args)) if isinstance(args, argparse.Namespace) else {}
 
@@ -339,7 +353,7 @@ def load_config(path: str | os.PathLike, parser: argparse.ArgumentParser) -> dic
     if not path.is_file():
         raise TrainingError(f'config {path}: no such file')
     try:
-        data = yaml.safe_load(path.read_text(encoding='utf-8'))
+        data = safe_load_yaml(path.read_text(encoding='utf-8'))
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise TrainingError(f'config {path}: not valid YAML ({" ".join(str(e).split())})') from e
     if data is None:
@@ -379,7 +393,32 @@ def parse_train_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         args.model_kwargs = {**config['model_kwargs'], **args.model_kwargs}
     if args.model is None:
         raise TrainingError('no model given: pass --model (e.g. unas_cifar10) or a --config that sets model')
+    _check_values(args)
     return args
+
+
+# Allowed ranges (inclusive; None: unbounded) of the numeric arguments; floats must also be finite.
+_RANGES = {
+    'epochs': (1, None), 'batch_size': (1, None), 'validation_batch_size': (1, None), 'workers': (0, None),
+    'num_classes': (1, None), 'img_size': (1, None), 'cutout': (0, None), 'crop_padding': (0, None),
+    'warmup_epochs': (0, None), 'lr_base_size': (1, None), 'checkpoint_hist': (1, None), 'log_interval': (0, None),
+    'lr': (0, None), 'lr_base': (0, None), 'min_lr': (0, None), 'warmup_lr': (0, None), 'weight_decay': (0, None),
+    'momentum': (0, 1), 'drop': (0, 1), 'drop_path': (0, 1), 'hflip': (0, 1), 'smoothing': (0, 1),
+    'color_jitter': (0, None), 'aux_weight': (0, None), 'clip_grad': (0, None), 'model_ema_decay': (0, 1),
+}
+
+
+def _check_values(args: argparse.Namespace) -> None:
+    """Refuse NaN/inf and out-of-range numbers before anything is built (one line naming the option)."""
+    values = vars(args)
+    bad = non_finite_keys(values)
+    if bad:
+        raise TrainingError(f'--{bad[0].replace("_", "-")}: {values[bad[0]]} is not a finite number')
+    for key, (low, high) in _RANGES.items():
+        value = values.get(key)
+        if value is not None and ((low is not None and value < low) or (high is not None and value > high)):
+            allowed = f'>= {low}' if high is None else f'{low}..{high}'
+            raise TrainingError(f'--{key.replace("_", "-")}: {value} is out of range; allowed {allowed}')
 
 
 # ------------------------------------------------------------------------------------------------------------- data
@@ -452,7 +491,8 @@ def evaluate(
 
 def _train_one_epoch(epoch, task, model, loader, optimizer, lr_scheduler, loss_scaler, device, args, num_updates):
     task.train()
-    totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, examples
+    totals = torch.zeros(4, dtype=torch.float64, device=device)  # loss sum, correct, examples, non-finite losses
+    first_bad = torch.zeros((), dtype=torch.long, device=device)  # 1 + step of this rank's first non-finite loss
     start = time.time()
     for step, (images, target) in enumerate(loader):
         images, target = images.to(device), target.to(device)
@@ -474,17 +514,23 @@ def _train_one_epoch(epoch, task, model, loader, optimizer, lr_scheduler, loss_s
         task.update_ema(step=num_updates)
         if lr_scheduler is not None:
             lr_scheduler.step_update(num_updates=num_updates)
-        n = target.shape[0]
+        n, finite = target.shape[0], torch.isfinite(loss.detach())
+        # Checked without a device synchronisation per step; train() stops at the end of the epoch, before saving.
+        first_bad = torch.where((first_bad == 0) & ~finite, step + 1, first_bad)
         totals += torch.stack([loss.detach().double() * n, (result['output'].argmax(-1) == target).sum().double(),
-                               torch.tensor(n, dtype=torch.float64, device=device)])
-        if args.rank == 0 and args.log_interval and (step + 1) % args.log_interval == 0:
-            _logger.info(f'  epoch {epoch + 1} [{step + 1}/{len(loader)}] loss {loss.item():.4f}')
+                               torch.tensor(n, dtype=torch.float64, device=device), (~finite).double()])
+        if args.log_interval and (step + 1) % args.log_interval == 0:
+            if args.rank == 0:
+                _logger.info(f'  epoch {epoch + 1} [{step + 1}/{len(loader)}] loss {loss.item():.4f}')
+            if not args.distributed and first_bad:
+                break  # diverged: no use finishing the epoch (ranks of a distributed run stop together below)
     if args.distributed:
         torch.distributed.all_reduce(totals)
-    loss_sum, correct, count = totals.tolist()
+    loss_sum, correct, count, non_finite = totals.tolist()
     count = max(count, 1.0)
     return {'loss': loss_sum / count, 'top1': 100.0 * correct / count,
-            'images_per_s': count / max(time.time() - start, 1e-9)}, num_updates
+            'images_per_s': count / max(time.time() - start, 1e-9), 'non_finite_losses': int(non_finite),
+            'first_non_finite_step': int(first_bad)}, num_updates
 
 
 def _prepare_output_dir(args: argparse.Namespace) -> Path:
@@ -498,20 +544,51 @@ def _prepare_output_dir(args: argparse.Namespace) -> Path:
     return out
 
 
+def _check_resume(args: argparse.Namespace) -> None:
+    """The checkpoint loads and was trained with these settings (only RESUME_MUTABLE ones may differ)."""
+    changes = resume_changes(read_checkpoint_args(args.resume), args)
+    if changes:
+        raise TrainingError(f'--resume {args.resume}: the run was trained with other settings ({"; ".join(changes)})'
+                            f'; resume with the run\'s values or start a new run')
+
+
+def _open_output(args: argparse.Namespace, stack: contextlib.ExitStack, model: nn.Module, task: AuxClassificationTask,
+                 optimizer: torch.optim.Optimizer, loss_scaler) -> tuple[Path, AtomicCheckpointSaver]:
+    """Rank 0: lock the run folder (a second run on it is refused), write args.yaml for a new run, make the saver."""
+    out_dir = _prepare_output_dir(args)
+    stack.enter_context(output_lock(out_dir))
+    if not args.resume:
+        atomic_write_text(out_dir / 'args.yaml', yaml.safe_dump(vars(args), sort_keys=False))
+    saver = AtomicCheckpointSaver(model=model, optimizer=optimizer, args=args, amp_scaler=loss_scaler,
+                                  checkpoint_dir=str(out_dir), recovery_dir=str(out_dir), decreasing=False,
+                                  max_history=args.checkpoint_hist, task=task)
+    if args.resume:
+        saver.load_state_dict_from_checkpoint(args.resume)
+    return out_dir, saver
+
+
+def _check_epoch_finite(epoch: int, train_metrics: dict, eval_metrics: dict, out_dir: Path | None) -> None:
+    """Stop a diverged run before its state reaches summary.csv or a checkpoint."""
+    last = out_dir / 'last.pth.tar' if out_dir is not None and (out_dir / 'last.pth.tar').is_file() else None
+    bad_step = train_metrics.pop('first_non_finite_step')
+    if train_metrics.pop('non_finite_losses'):
+        where = f'epoch {epoch + 1}' + (f' step {bad_step}' if bad_step else ' (another process)')
+        check_finite({'the training loss': train_metrics['loss']}, where, last)
+    check_finite({'the evaluation loss (the weights diverged)': eval_metrics['loss']}, f'epoch {epoch + 1}', last)
+
+
 def train(args: argparse.Namespace) -> dict[str, Any]:
     """Train ``args.model`` on ``args.dataset``; every input is checked before the run folder is written.
 
-    Returns the run folder, the last checkpoint, the best metric and epoch, and the last epoch's metrics.
+    Returns the run folder, the last checkpoint, the best metric and epoch, and the last epoch's metrics. Rank 0
+    holds the run folder's lock for the whole run; a non-finite loss stops the run before anything is saved.
     """
-    device = torch.device(init_distributed_device_so(device=args.device)['device'])
-    args.distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-    args.world_size = torch.distributed.get_world_size() if args.distributed else 1
-    args.rank = torch.distributed.get_rank() if args.distributed else 0
-    args.device = str(device)
-    if args.resume and not Path(args.resume).is_file():
-        raise TrainingError(f'--resume {args.resume}: no such checkpoint')
-    random_seed(args.seed, args.rank)
+    with contextlib.ExitStack() as stack:
+        return _train(args, stack)
 
+
+def _data_and_model(args: argparse.Namespace):
+    """Datasets with their transforms and the model (resumed weights loaded); settings resolved into ``args``."""
     dataset_name = args.dataset.lower()
     # The digits train/test split keeps its own fixed seed: a training seed must not move images into the test set.
     train_set = create_dataset(dataset_name, args.data_dir, args.train_split, download=args.download and
@@ -520,6 +597,10 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     if args.num_classes is None:
         args.num_classes = dataset_info(dataset_name)['num_classes'] or len(train_set.classes)
     args.model_kwargs = resolve_model_kwargs(args.model_kwargs)
+    if args.lr is None:
+        args.lr = args.lr_base * args.batch_size * args.world_size / args.lr_base_size
+    if args.resume:
+        _check_resume(args)
     model = create_model(args.model, pretrained=args.pretrained, num_classes=args.num_classes,
                          model_kwargs=args.model_kwargs, aux_logits=args.aux_weight > 0, drop_rate=args.drop,
                          drop_path_rate=args.drop_path)
@@ -532,12 +613,22 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     eval_set.transform = build_transform(dataset_name, False, **common)
     if args.resume:
         load_weights(model, args.resume)  # refuses another architecture with the keys named, before any write
+    return train_set, eval_set, model
 
+
+def _train(args: argparse.Namespace, stack: contextlib.ExitStack) -> dict[str, Any]:
+    device = torch.device(init_distributed_device_so(device=args.device)['device'])
+    args.distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    args.world_size = torch.distributed.get_world_size() if args.distributed else 1
+    args.rank = torch.distributed.get_rank() if args.distributed else 0
+    args.device = str(device)
+    if args.resume and not Path(args.resume).is_file():
+        raise TrainingError(f'--resume {args.resume}: no such checkpoint')
+    random_seed(args.seed, args.rank)
+    train_set, eval_set, model = _data_and_model(args)
     model.to(device)
     if args.channels_last:
         model.to(memory_format=torch.channels_last)
-    if args.lr is None:
-        args.lr = args.lr_base * args.batch_size * args.world_size / args.lr_base_size
     task = AuxClassificationTask(model, aux_weight=args.aux_weight, criterion_kwargs=dict(smoothing=args.smoothing),
                                  device=device, verbose=False).to(device)
     optimizer = create_optimizer_v2(model, opt=args.opt, lr=args.lr, weight_decay=args.weight_decay,
@@ -571,18 +662,27 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
 
     out_dir, saver = None, None
     if args.rank == 0:
-        out_dir = _prepare_output_dir(args)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out_dir / 'args.yaml', yaml.safe_dump(vars(args), sort_keys=False))
-        saver = CheckpointSaver(model=model, optimizer=optimizer, args=args, amp_scaler=loss_scaler,
-                                checkpoint_dir=str(out_dir), recovery_dir=str(out_dir), decreasing=False,
-                                max_history=args.checkpoint_hist, task=task)
-        if args.resume:
-            saver.load_state_dict_from_checkpoint(args.resume)
+        out_dir, saver = _open_output(args, stack, model, task, optimizer, loss_scaler)
         _logger.info(f'{args.model}: {sum(p.numel() for p in model.parameters()) / 1e6:.3f}M params'
                      f'{" (with the auxiliary head)" if args.aux_weight > 0 else ""}, '
                      f'{len(train_set)} train / {len(eval_set)} eval images, {num_epochs} epochs -> {out_dir}')
+    loop = dict(task=task, model=model, optimizer=optimizer, loss_scaler=loss_scaler, device=device)
+    train_metrics, eval_metrics = _run_epochs(args, loop, train_loader, eval_loader, lr_scheduler, start_epoch,
+                                              num_epochs, out_dir, saver)
+    if args.distributed:
+        torch.distributed.barrier()
+    result = {'output_dir': str(out_dir) if out_dir else None, 'train': train_metrics, 'eval': eval_metrics}
+    if saver is not None:
+        result.update(checkpoint=str(out_dir / 'last.pth.tar'), best_metric=saver.best_metric,
+                      best_epoch=saver.best_epoch)
+    return result
 
+
+def _run_epochs(args: argparse.Namespace, loop: dict, train_loader: DataLoader, eval_loader: DataLoader,
+                lr_scheduler, start_epoch: int, num_epochs: int, out_dir: Path | None,
+                saver: AtomicCheckpointSaver | None) -> tuple[dict, dict]:
+    """Train, evaluate, log and (rank 0) save each epoch; returns the last epoch's train and eval metrics."""
+    task, model, optimizer, device = loop['task'], loop['model'], loop['optimizer'], loop['device']
     train_metrics, eval_metrics, num_updates = {}, {}, start_epoch * len(train_loader)
     for epoch in range(start_epoch, num_epochs):
         # Seeding per epoch makes a resumed run draw the same batches and augmentations as an uninterrupted one.
@@ -591,9 +691,10 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             train_loader.sampler.set_epoch(epoch)
         drop_path = set_drop_path(model, args.drop_path, epoch, num_epochs)
         train_metrics, num_updates = _train_one_epoch(
-            epoch, task, model, train_loader, optimizer, lr_scheduler, loss_scaler, device, args, num_updates)
+            epoch, task, model, train_loader, optimizer, lr_scheduler, loop['loss_scaler'], device, args, num_updates)
         eval_metrics = evaluate(model, eval_loader, device, amp=args.amp, amp_dtype=args.amp_dtype,
                                 channels_last=args.channels_last, distributed=args.distributed)
+        _check_epoch_finite(epoch, train_metrics, eval_metrics, out_dir)
         if task.has_ema():
             ema_metrics = evaluate(task.get_eval_model(ema=True), eval_loader, device, amp=args.amp,
                                    amp_dtype=args.amp_dtype, channels_last=args.channels_last,
@@ -612,22 +713,20 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                 + f'  {train_metrics["images_per_s"]:.0f} img/s')
             update_summary(epoch, train_metrics, eval_metrics, str(out_dir / 'summary.csv'), lr=lr)
             saver.save_checkpoint(epoch, metric=eval_metrics['top1'])
-    if args.distributed:
-        torch.distributed.barrier()
-    result = {'output_dir': str(out_dir) if out_dir else None, 'train': train_metrics, 'eval': eval_metrics}
-    if saver is not None:
-        result.update(checkpoint=str(out_dir / 'last.pth.tar'), best_metric=saver.best_metric,
-                      best_epoch=saver.best_epoch)
-    return result
+    return train_metrics, eval_metrics
 
 
 def _run_cli(main: Callable[[], int]) -> int:
-    """One clear line and exit code 2 for bad input; tracebacks only for real bugs."""
+    """One clear line and exit code 2 for bad input, a diverged run, a busy folder or an OS error (path and cause);
+    tracebacks only for real bugs."""
     logging.basicConfig(level=logging.INFO, format='%(message)s')
     try:
         return main()
-    except USER_ERRORS as e:
+    except USER_ERRORS + RUN_ERRORS as e:
         print(f'error: {" ".join(str(e).split())}', file=sys.stderr)
+        return 2
+    except OSError as e:  # read-only / full / forbidden output folder, unreadable input
+        print(f'error: {os_error_line(e)}', file=sys.stderr)
         return 2
 
 
