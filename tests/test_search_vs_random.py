@@ -86,7 +86,7 @@ def test_train_and_test_is_seeded():
 def test_micro_end_to_end(tmp_path):
     bench = _bench()
     results_file = tmp_path / 'r.json'
-    bench.main(['--random-cells', '2', '--noise-cells', '1', '--noise-seeds', '2', '--search-seeds', '1',
+    bench.main(['--random-cells', '2', '--train-seeds', '2', '--search-seeds', '1',
                 '--configs', 'rebar_gen', '--search-epochs', '1', '--warmup-epochs', '0', '--train-epochs', '1',
                 '--train-images', '64', '--channels', '4', '--layers', '3',
                 '--results-file', str(results_file)])
