@@ -23,6 +23,8 @@ from pathlib import Path
 
 import yaml
 
+from unas_zoo._finite import NonFiniteError
+from unas_zoo._io import OutputLockedError, os_error_line
 from unas_zoo.data import DatasetError
 from unas_zoo.genotypes import GenotypeError
 from unas_zoo.search.config import (
@@ -73,7 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def resolve_config(args: argparse.Namespace) -> SearchConfig:
-    """Defaults < config file < command line; ``--resume`` reads the run's own config.yaml."""
+    """Defaults < config file < command line; ``--resume`` continues with the run's own config.yaml.
+
+    On resume the command may repeat the run's settings (its ``--config``, its options): values are compared, and only
+    real changes of settings outside ``RESUME_MUTABLE`` are refused. ``stop_after_steps`` applies to the invocation
+    that gives it, never to a later resume.
+    """
     from unas_zoo.search.loop import CONFIG_FILE, RESUME_MUTABLE
 
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(SearchConfig)
@@ -84,14 +91,18 @@ def resolve_config(args: argparse.Namespace) -> SearchConfig:
         return load_config(args.config, overrides)
     if args.output is None:
         raise SearchConfigError('--resume needs --output, the folder of the run to continue')
-    if args.config is not None:
-        raise SearchConfigError(f'--resume continues with {args.output}/{CONFIG_FILE}; do not pass --config')
-    fixed = sorted(set(overrides) - set(RESUME_MUTABLE))
-    if fixed:
-        raise SearchConfigError(f'--resume keeps the run\'s settings; these cannot change: '
-                                f'{["--" + k.replace("_", "-") for k in fixed]} (allowed: '
-                                f'{["--" + k.replace("_", "-") for k in RESUME_MUTABLE]})')
-    return load_config(Path(args.output) / CONFIG_FILE, overrides)
+    run_file = Path(args.output) / CONFIG_FILE
+    stored = config_to_dict(load_config(run_file))
+    asked = config_to_dict(load_config(args.config or run_file, overrides))
+    changed = [k for k in stored if k not in RESUME_MUTABLE and stored[k] != asked[k]]
+    if changed:
+        def flag(key: str) -> str:
+            return '--' + key.replace('_', '-')
+        diffs = '; '.join(f'{flag(k)} {stored[k]!r} -> {asked[k]!r}' for k in changed)
+        raise SearchConfigError(f'--resume keeps the settings of {run_file}; these differ: {diffs} (may change: '
+                                f'{", ".join(map(flag, RESUME_MUTABLE))})')
+    resumed = {**stored, **{k: asked[k] for k in RESUME_MUTABLE}, 'stop_after_steps': overrides.get('stop_after_steps')}
+    return config_from_dict(resumed, str(run_file))
 
 
 def train_command(genotype: Path, cfg: SearchConfig) -> str:
@@ -109,7 +120,8 @@ def train_command(genotype: Path, cfg: SearchConfig) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    errors: tuple[type[Exception], ...] = (SearchConfigError, DatasetError, GenotypeError)
+    errors: tuple[type[Exception], ...] = (SearchConfigError, DatasetError, GenotypeError, NonFiniteError,
+                                           OutputLockedError)
     try:
         from unas_zoo.search.costs import CostError
         errors += (CostError,)
@@ -122,6 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     except errors as e:
         if os.environ.get('RANK', '0') == '0':
             print(f'search.py: error: {e}', file=sys.stderr)
+        return 2
+    except OSError as e:  # read-only / full / forbidden output folder
+        print(f'search.py: error: {os_error_line(e)}', file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print('search.py: interrupted; continue from the last checkpoint with --resume --output <run folder>',

@@ -106,13 +106,13 @@ def output_lock(folder: str | os.PathLike) -> Iterator[Path]:
 
     The lock is ``folder/.lock`` holding the owner's pid, locked with ``flock``: the kernel releases it when the
     owner dies (even by SIGKILL), so the lock of a killed run is free again and is simply taken over. The folder is
-    created if needed (and removed again at release if it is still empty); stale temporary files of dead
-    processes in it are removed once the lock is held.
+    created if needed (and the folders created for it are removed at release if still empty); stale temporary files
+    of dead processes in it are removed once the lock is held.
     """
     import fcntl
 
     folder = Path(folder)
-    created = not folder.exists()
+    created = [p for p in (folder, *folder.parents) if not p.exists()]  # deepest first
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / LOCK_FILE
     while True:
@@ -143,9 +143,9 @@ def output_lock(folder: str | os.PathLike) -> Iterator[Path]:
         with contextlib.suppress(OSError):
             path.unlink()
         os.close(fd)
-        if created:
+        for path in created:
             with contextlib.suppress(OSError):
-                folder.rmdir()  # only succeeds when nothing was written
+                path.rmdir()  # only succeeds when nothing was written
 
 
 def os_error_line(error: OSError) -> str:

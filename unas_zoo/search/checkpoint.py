@@ -4,7 +4,9 @@ output-folder rules (never start over a run's outputs; resuming needs that run's
 A checkpoint stores the weights, φ, both optimizers and schedulers, the estimator state of every rank (REINFORCE
 baseline, REBAR control with its optimizer), every RNG state of every rank and the position (epoch, step in epoch), so
 a run stopped mid-epoch and resumed ends bit-for-bit where an uninterrupted run ends (CPU). The per-process batch is
-fixed by the config and the world size, both checked on resume. It loads with ``torch.load(weights_only=True)``.
+fixed by the config and the world size, both checked on resume. It loads with ``torch.load(weights_only=True)``;
+a file that is not a complete checkpoint of this format, or whose position or state does not fit the run, is refused
+with one line saying what is wrong.
 """
 from __future__ import annotations
 
@@ -28,6 +30,9 @@ __all__ = ['CHECKPOINT', 'CONFIG_FILE', 'RESUME_MUTABLE', 'atomic_save', 'prepar
 
 CHECKPOINT = 'checkpoint.pt'
 CONFIG_FILE = 'config.yaml'
+FORMAT = 'unas_zoo.search/1'
+_ENTRIES = ('config', 'world_size', 'epoch', 'step_in_epoch', 'finished', 'supernet', 'dist', 'w_optimizer',
+            'phi_optimizer', 'w_scheduler', 'phi_scheduler', 'per_rank', 'history', 'epoch_log', 'running', 'elapsed')
 # Keys that may differ when a run is resumed: they change where or how fast it runs, not what it computes.
 RESUME_MUTABLE = ('data_dir', 'download', 'num_workers', 'device', 'threads', 'output', 'log_every',
                   'checkpoint_every', 'stop_after_steps', 'save_rank_state')
@@ -71,7 +76,7 @@ def save_checkpoint(run: _Run) -> None:
         return
     p = run.parts
     atomic_save({
-        'format': 'unas_zoo.search/1',
+        'format': FORMAT,
         'config': config_to_dict(run.cfg),
         'world_size': run.procs.world_size,
         'epoch': run.epoch, 'step_in_epoch': run.step_in_epoch, 'finished': run.finished,
@@ -81,6 +86,33 @@ def save_checkpoint(run: _Run) -> None:
         'per_rank': per_rank, 'history': run.history, 'epoch_log': run.epoch_log,
         'running': run.running, 'elapsed': time.time() - run.started,
     }, run.out_dir / CHECKPOINT)
+
+
+def _read(path: Path, device: torch.device) -> dict:
+    """The checkpoint's entries, refusing files that are not a complete checkpoint of this format."""
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:  # noqa: BLE001 -- garbage, truncated, pickled objects: all one line
+        raise SearchConfigError(f'{path}: cannot load the checkpoint to resume ({type(e).__name__}: '
+                                f'{" ".join(str(e).split())[:200]})') from None
+    found = state.get('format') if isinstance(state, dict) else type(state).__name__
+    if found != FORMAT:
+        raise SearchConfigError(f'{path}: not a search checkpoint of this version (format {found!r}, expected '
+                                f'{FORMAT!r})')
+    missing = [k for k in _ENTRIES if k not in state]
+    if missing:
+        raise SearchConfigError(f'{path}: incomplete checkpoint, missing {missing}')
+    if not isinstance(state['config'], dict):
+        raise SearchConfigError(f'{path}: config is {type(state["config"]).__name__}, expected a mapping')
+    return state
+
+
+def _check_position(path: Path, state: dict, cfg: SearchConfig, steps_per_epoch: int) -> None:
+    epoch, step, finished = state['epoch'], state['step_in_epoch'], state['finished']
+    if not (isinstance(epoch, int) and 0 <= epoch <= cfg.epochs and isinstance(step, int)
+            and 0 <= step < steps_per_epoch and finished == (epoch == cfg.epochs)):
+        raise SearchConfigError(f'{path}: position epoch {epoch!r}, step {step!r}, finished {finished!r} does not '
+                                f'fit a run of {cfg.epochs} epochs x {steps_per_epoch} steps')
 
 
 def _check_same_run(path: Path, state: dict, cfg: SearchConfig, world_size: int) -> None:
@@ -98,11 +130,17 @@ def _check_same_run(path: Path, state: dict, cfg: SearchConfig, world_size: int)
 def load_checkpoint(run: _Run) -> None:
     """Restore ``run`` from its output folder's checkpoint, refusing one written by a different search."""
     path = run.out_dir / CHECKPOINT
-    try:
-        state = torch.load(path, map_location=run.procs.device, weights_only=True)
-    except (OSError, RuntimeError, EOFError) as e:
-        raise SearchConfigError(f'{path}: cannot load the checkpoint to resume ({e})') from None
+    state = _read(path, run.procs.device)
     _check_same_run(path, state, run.cfg, run.procs.world_size)
+    _check_position(path, state, run.cfg, run.steps_per_epoch)
+    try:
+        _restore(run, state)
+    except (KeyError, IndexError, RuntimeError, TypeError, ValueError, AttributeError) as e:
+        raise SearchConfigError(f'{path}: its state does not fit this search ({type(e).__name__}: '
+                                f'{" ".join(str(e).split())[:300]})') from None
+
+
+def _restore(run: _Run, state: dict) -> None:
     p = run.parts
     p.supernet.load_state_dict(state['supernet'])
     p.dist.load_state_dict(state['dist'])

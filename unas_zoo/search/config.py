@@ -8,6 +8,7 @@ and what is allowed, before anything is written.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -18,6 +19,7 @@ from typing import Any
 import torch
 import yaml
 
+from unas_zoo._io import safe_load_yaml
 from unas_zoo.data import DATASETS
 from unas_zoo.genotypes.schema import (
     CIFAR_SEARCH_OPS, DARTS_OPS, GenotypeError, MBConvBackbone, from_dict)
@@ -144,6 +146,8 @@ def _coerce(key: str, value: Any, source: str) -> Any:
     if not ok(value):
         raise SearchConfigError(f'{source}: {key}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}')
     if base is float:
+        if not math.isfinite(value):
+            raise SearchConfigError(f'{source}: {key}: expected a finite number, got {value}')
         return float(value)
     if typing.get_origin(base) is list:
         return list(value)
@@ -284,16 +288,17 @@ def config_from_dict(data: Any, source: str = '<config>') -> SearchConfig:
 
 
 def load_config(path: str | os.PathLike, overrides: dict | None = None) -> SearchConfig:
-    """Read a YAML recipe (``yaml.safe_load``), apply ``overrides`` (e.g. from the command line), validate."""
+    """Read a YAML recipe (safe_load rules, no aliases), apply ``overrides`` (e.g. the command line), validate."""
     path = Path(path)
     try:
         text = path.read_text()
     except OSError as e:
         raise SearchConfigError(f'{path}: cannot read the config file ({e.strerror or e})') from None
     try:
-        data = yaml.safe_load(text)
+        data = safe_load_yaml(text)
     except yaml.YAMLError as e:
-        raise SearchConfigError(f'{path}: not valid YAML (tags that build Python objects are refused): {e}') from None
+        raise SearchConfigError(f'{path}: not valid YAML (tags that build Python objects and aliases are refused): '
+                                f'{" ".join(str(e).split())}') from None
     if data is not None and not isinstance(data, dict):
         raise SearchConfigError(f'{path}: expected a mapping of config keys at the top level, '
                                 f'got {type(data).__name__}')

@@ -12,6 +12,7 @@ epoch outputs, plots and provenance in ``outputs.py``. This module builds the se
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import time
@@ -24,7 +25,8 @@ import yaml
 from torch import nn
 from torch.optim.lr_scheduler import CosineAnnealingLR
 
-from unas_zoo._io import atomic_write_text
+from unas_zoo._finite import check_finite
+from unas_zoo._io import OutputLockedError, atomic_write_text, output_lock
 from unas_zoo.data import dataset_info
 from .checkpoint import (
     CHECKPOINT, CONFIG_FILE, RESUME_MUTABLE, atomic_save, load_checkpoint, prepare_output, save_checkpoint)
@@ -190,14 +192,24 @@ class _Run:
                              per_example=cfg.sampling == 'per_example', temperature=cfg.temperature,
                              generator=self.generator, step=self.phi_steps, baseline=self.baseline,
                              grad_sync=self.grad_sync, arch_samples=cfg.batch_architectures, control=self.control)
+            self._check_finite(f'φ step {self.phi_steps + 1}', {
+                'the φ loss': stats['phi_loss'], 'the φ gradient norm': stats['phi_grad_norm']})
             self.phi_scheduler.step()
             self._record(stats)
         stats = w_step(p.supernet, p.dist, images, targets, p.w_optimizer,
                        per_example=cfg.sampling == 'per_example', generator=self.generator,
                        grad_clip=cfg.grad_clip, mode='darts' if cfg.estimator == 'darts' else 'sample',
                        grad_sync=self.grad_sync)
+        self._check_finite(f'w step {self.global_step + 1}', {
+            'the w loss': stats['w_loss'], 'the w gradient norm': stats['w_grad_norm']})
         self.w_scheduler.step()
         self._record(stats)
+
+    def _check_finite(self, where: str, values: dict[str, float]) -> None:
+        """Stop a diverged search before its state reaches a checkpoint or a genotype."""
+        if not all(math.isfinite(v) for v in values.values()):
+            last = self.out_dir / CHECKPOINT
+            check_finite(values, where, last if last.is_file() else None)
 
     def run(self) -> Path | None:
         cfg = self.cfg
@@ -235,6 +247,7 @@ class _Run:
             average_buffers(self.parts.supernet, procs.world_size)
         val_loss, val_acc = evaluate_argmax(self.parts.supernet, dist, self.evaluation, procs.device,
                                             procs.distributed)
+        self._check_finite(f'epoch {self.epoch + 1}', {'the validation loss of the argmax architecture': val_loss})
         record = {'epoch': self.epoch + 1, 'phase': 'search' if searching else 'warmup'}
         record.update({k: round(v, 6) for k, v in self._means().items()})
         record.update(val_loss=round(val_loss, 6), val_acc=round(val_acc, 6),
@@ -287,7 +300,8 @@ def run_search(config: SearchConfig, *, resume: bool = False, progress: bool = T
     """Run (or resume) a search; returns the final genotype YAML, or None when ``stop_after_steps`` stopped it.
 
     Every input is checked (config, data, cost) before anything is written; under torchrun every rank calls this.
-    ``config.threads`` sets torch's intra-op threads for the run (restored afterwards).
+    ``config.threads`` sets torch's intra-op threads for the run (restored afterwards). The output folder is locked
+    for the run (``_io.output_lock``); a NaN/inf loss or gradient stops it (``NonFiniteError``) before it is saved.
     """
     threads = torch.get_num_threads()
     if config.threads is not None:
@@ -298,13 +312,33 @@ def run_search(config: SearchConfig, *, resume: bool = False, progress: bool = T
         torch.set_num_threads(threads)
 
 
+def _claim_output(config: SearchConfig, resume: bool, procs: Processes, stack: contextlib.ExitStack) -> Path:
+    """The run folder, locked by rank 0 for the whole run (a second run on it is refused on every rank)."""
+    out_dir, refusal = prepare_output(config, resume), None
+    if procs.is_main:
+        try:
+            stack.enter_context(output_lock(out_dir))
+        except OutputLockedError as e:
+            if not procs.distributed:
+                raise
+            refusal = str(e)
+    if procs.distributed:  # every rank must agree on the default folder's time stamp and on the lock
+        holder = [str(out_dir), refusal]
+        torch_dist.broadcast_object_list(holder, 0)
+        out_dir, refusal = Path(holder[0]), holder[1]
+        if refusal is not None:
+            raise OutputLockedError(refusal)
+    return out_dir
+
+
 def _run_search(config: SearchConfig, resume: bool, progress: bool) -> Path | None:
     procs = init_processes(config.device)
-    out_dir = prepare_output(config, resume)
-    if procs.distributed:  # every rank must agree on the default folder's time stamp
-        holder = [str(out_dir)]
-        torch_dist.broadcast_object_list(holder, 0)
-        out_dir = Path(holder[0])
+    with contextlib.ExitStack() as stack:
+        out_dir = _claim_output(config, resume, procs, stack)
+        return _start(config, resume, progress, procs, out_dir)
+
+
+def _start(config: SearchConfig, resume: bool, progress: bool, procs: Processes, out_dir: Path) -> Path | None:
     run = _Run(config, procs, out_dir, progress)
     if resume:
         load_checkpoint(run)

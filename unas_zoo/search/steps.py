@@ -50,9 +50,10 @@ def w_step(supernet: nn.Module, dist: ArchDistribution, images: Tensor, targets:
     params = [p for group in optimizer.param_groups for p in group['params']]
     if grad_sync is not None:
         grad_sync(params)
-    torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], grad_clip)
+    grad_norm = torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], grad_clip)
     optimizer.step()
-    return {'w_loss': float(loss.detach()), 'w_acc': _accuracy(logits.detach(), targets)}
+    return {'w_loss': float(loss.detach()), 'w_acc': _accuracy(logits.detach(), targets),
+            'w_grad_norm': float(grad_norm)}
 
 
 @contextlib.contextmanager
@@ -106,7 +107,8 @@ def phi_step(supernet: nn.Module, dist: ArchDistribution, train_batch: tuple[Ten
     train and of the validation batch share it, so ``|L_val − L_train|`` is that architecture's gap); or
     ``arch_samples`` = K architectures each scored on the same batch, so that a leave-one-out baseline (``rloo``,
     ``control.loo_baseline``) also cancels the data noise. ``step`` drives the cost term's λ annealing; ``control``
-    holds REBAR/RELAX's η, τ and their adaptation. Returns the estimator's loss, cost and diagnostics.
+    holds REBAR/RELAX's η, τ and their adaptation. Returns the estimator's loss, cost, φ's gradient norm and
+    diagnostics.
     """
     if per_example and arch_samples is not None:
         raise ValueError('phi_step: arch_samples applies to one-architecture-per-batch sampling, not per_example')
@@ -129,8 +131,9 @@ def phi_step(supernet: nn.Module, dist: ArchDistribution, train_batch: tuple[Ten
     params = [p for group in optimizer.param_groups for p in group['params']]
     if grad_sync is not None:
         grad_sync(params)
+    grad_norm = torch.linalg.vector_norm(torch.stack([p.grad.detach().norm() for p in params if p.grad is not None]))
     optimizer.step()
-    stats = {'phi_loss': float(est.loss) if est.loss is not None else float('nan')}
+    stats = {'phi_loss': float(est.loss) if est.loss is not None else float('nan'), 'phi_grad_norm': float(grad_norm)}
     if est.cost is not None:
         stats['cost'] = float(est.cost)
         stats['cost_weight'] = float(cost_kwargs['cost_weight'])
