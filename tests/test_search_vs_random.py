@@ -99,3 +99,41 @@ def test_micro_end_to_end(tmp_path):
     assert set(results['summary']['rebar_gen']) >= {'mean', 'std', 'mean_percentile'}
     assert results['random'][0]['supernet_accuracy'] is not None
     assert results_file.with_suffix('.png').stat().st_size > 0
+
+
+def test_running_bn_normalises_subsets_with_running_statistics():
+    from torch import nn
+    from unas_zoo.search.supernets import _run, _Term
+
+    torch.manual_seed(0)
+    op = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4, affine=False))
+    x = torch.randn(8, 3, 5, 5)
+    index = torch.tensor([1, 6])
+    term = _Term(choice=0, weight=None, index=index)
+    out = _run(op, x, term, None, subset_bn='running')
+    bn = op[1]
+    h = op[0](x[index]).detach()
+    assert torch.allclose(bn.running_mean, 0.1 * h.mean((0, 2, 3)), atol=1e-6)
+    assert torch.allclose(bn.running_var, 0.9 + 0.1 * h.var((0, 2, 3), correction=1), atol=1e-6)
+    expected = (h - bn.running_mean.view(1, -1, 1, 1)) / (bn.running_var.view(1, -1, 1, 1) + bn.eps).sqrt()
+    assert torch.allclose(out[index], expected, atol=1e-5)
+    assert out[[0, 2, 3, 4, 5, 7]].abs().sum() == 0
+    assert 'forward' not in vars(bn)  # the override is gone after the subset ran
+    subset = _run(op, x, term, None, subset_bn='subset')[index]  # the subset's own statistics: zero mean per channel
+    assert subset.mean((0, 2, 3)).abs().max() < 1e-5 and out[index].mean((0, 2, 3)).abs().max() > 1e-2
+
+
+def test_subset_bn_is_a_validated_config_key_and_leaves_per_batch_unchanged():
+    from unas_zoo.search.config import config_from_dict
+    from unas_zoo.search.supernets import DartsSupernet
+
+    with pytest.raises(ValueError, match="subset_bn: unknown value 'batch'; allowed values are"):
+        config_from_dict({'subset_bn': 'batch'})
+    dist = DartsCellDistribution()
+    x = torch.randn(6, 3, 8, 8)
+    weights = dist.one_hot(dist.sample(generator=torch.Generator().manual_seed(0)))
+    outputs = []
+    for mode in ('subset', 'running'):
+        torch.manual_seed(0)
+        outputs.append(DartsSupernet(10, 4, 3, subset_bn=mode)(x, weights))
+    assert torch.equal(outputs[0], outputs[1])

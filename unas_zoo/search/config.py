@@ -30,6 +30,9 @@ __all__ = ['SearchConfig', 'SearchConfigError', 'load_config', 'config_from_dict
 
 SPACES = ('darts', 'mbconv')
 SAMPLING = ('per_batch', 'per_example')
+# darts supernet, per-example sampling: BN of an op run on the examples that chose it uses their statistics ('subset')
+# or its running statistics, updated by them ('running'); see supernets.py.
+SUBSET_BN = ('subset', 'running')
 STEMS = ('cifar', 'imagenet')
 DEVICES = ('auto', 'cpu', 'cuda')
 REBAR_BASELINES = ('none', 'loo')
@@ -80,6 +83,7 @@ class SearchConfig:
     # ---- estimator and objective
     estimator: str = 'rebar'             # reinforce | rloo | gumbel | rebar | relax | darts
     sampling: str = 'per_batch'          # per_batch | per_example (one architecture per example)
+    subset_bn: str = 'subset'            # per_example: BN of ops on a few examples uses subset | running statistics
     arch_samples: int = 4                # per_batch + a leave-one-out baseline: K architectures on the same batch
     rebar_baseline: str = 'none'         # rebar/relax: none (the paper) | loo (leave-one-out over the K samples)
     rebar_adapt: str = 'none'            # rebar/relax: none (η=1, the paper) | eta | eta_temperature (min. ||g||²)
@@ -169,6 +173,7 @@ def _validate(cfg: SearchConfig, source: str) -> None:
     _choice(source, 'stem', cfg.stem, STEMS)
     _choice(source, 'estimator', cfg.estimator, ESTIMATOR_NAMES)
     _choice(source, 'sampling', cfg.sampling, SAMPLING)
+    _choice(source, 'subset_bn', cfg.subset_bn, SUBSET_BN)
     _choice(source, 'objective', cfg.objective, OBJECTIVES)
     _choice(source, 'rebar_baseline', cfg.rebar_baseline, REBAR_BASELINES)
     _choice(source, 'rebar_adapt', cfg.rebar_adapt, REBAR_ADAPT)

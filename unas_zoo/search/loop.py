@@ -66,7 +66,7 @@ def build_search(cfg: SearchConfig, num_classes: int, device: torch.device | str
     device = torch.device(device)
     if cfg.space == 'darts':
         supernet = DartsSupernet(num_classes, init_channels=cfg.init_channels, layers=cfg.layers,
-                                 ops=tuple(cfg.ops), stem=cfg.stem)
+                                 ops=tuple(cfg.ops), stem=cfg.stem, subset_bn=cfg.subset_bn)
         dist = DartsCellDistribution(tuple(cfg.ops))
     else:
         backbone = mbconv_backbone(cfg.backbone)

@@ -19,11 +19,13 @@ sample the supernet and the child compute the same function.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from typing import Mapping, Sequence, Union
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..genotypes import (
@@ -33,9 +35,11 @@ from ..genotypes.schema import BRANCHES_PER_NODE
 from ..models.darts_cells import DartsCifarNet, DartsImageNetNet, DartsNet
 from ..models.mbconv import build_mbconv
 from ..ops import make_op
+from .config import SUBSET_BN
 from .distributions import CELL_TYPES, darts_choices, mbconv_choices
 
 __all__ = ['DartsSupernet', 'MBConvSupernet', 'edge_weights']
+
 
 GenotypeLike = Union[str, os.PathLike, dict, Genotype]
 STEMS = {'cifar': DartsCifarNet, 'imagenet': DartsImageNetNet}
@@ -89,14 +93,47 @@ def _active_terms(weights: Sequence[Tensor]) -> list[list[_Term]]:
     return plans
 
 
-def _run(op: nn.Module, x: Tensor, term: _Term, out: Tensor | None) -> Tensor:
-    """out + weight * op(x), restricted to the term's examples."""
+def _bn_on_running_statistics(bn: nn.modules.batchnorm._BatchNorm, x: Tensor) -> Tensor:
+    """Training: fold this input's statistics into the running ones, then normalise with the running ones."""
+    if bn.training:
+        with torch.no_grad():
+            dims = [0] + list(range(2, x.dim()))
+            count = x.numel() // x.shape[1]
+            momentum = bn.momentum if bn.momentum is not None else 1.0 / (int(bn.num_batches_tracked) + 1)
+            bn.running_mean.lerp_(x.mean(dims), momentum)
+            if count > 1:
+                bn.running_var.lerp_(x.var(dims, correction=1), momentum)
+            bn.num_batches_tracked += 1
+    return F.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
+
+
+@contextlib.contextmanager
+def _running_statistics(op: nn.Module):
+    """Within the block, every BN of ``op`` normalises with (and updates) its running statistics."""
+    norms = [m for m in op.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    for bn in norms:
+        bn.forward = lambda x, bn=bn: _bn_on_running_statistics(bn, x)
+    try:
+        yield
+    finally:
+        for bn in norms:
+            del bn.forward
+
+
+def _run(op: nn.Module, x: Tensor, term: _Term, out: Tensor | None, subset_bn: str = 'subset') -> Tensor:
+    """out + weight * op(x), restricted to the term's examples.
+
+    ``subset_bn`` (``config.SUBSET_BN``): with per-example samples an op runs on the 2-4 examples that chose it;
+    'subset' normalises with their statistics (DARTS-style BN, the paper's behaviour), 'running' with the op's
+    running statistics, which each subset updates (momentum), so a handful of examples never sets the scale alone.
+    """
     if term.index is None:
         y = op(x)
         if term.weight is not None:
             y = y * term.weight
         return y if out is None else out + y
-    y = op(x.index_select(0, term.index))
+    with _running_statistics(op) if subset_bn == 'running' else contextlib.nullcontext():
+        y = op(x.index_select(0, term.index))
     if term.weight is not None:
         y = y * term.weight
     if out is None:
@@ -135,9 +172,9 @@ def edge_weights(weights: Mapping[str, Tensor], cell: str, node: int) -> Tensor:
 class _MixedNode(nn.Module):
     """A node of the supernet: one module per (input edge, op); runs the (edge, op) pairs its terms name."""
 
-    def __init__(self, node: int, ops: Sequence[str], channels: int, reduction: bool):
+    def __init__(self, node: int, ops: Sequence[str], channels: int, reduction: bool, subset_bn: str = 'subset'):
         super().__init__()
-        self.ops = tuple(ops)
+        self.ops, self.subset_bn = tuple(ops), subset_bn
         # Input m of node n: the cell inputs (m < 2, strided in a reduction cell) and nodes 0 .. n-1.
         self.edges = nn.ModuleList([
             nn.ModuleDict({op: make_op(op, channels, 2 if reduction and m < 2 else 1, affine=False, pool_bn=True)
@@ -148,7 +185,7 @@ class _MixedNode(nn.Module):
         out = None
         for term in terms:
             m, k = divmod(term.choice, len(self.ops))
-            out = _run(self.edges[m][self.ops[k]], states[m], term, out)
+            out = _run(self.edges[m][self.ops[k]], states[m], term, out, self.subset_bn)
         assert out is not None, 'every node has at least one active (input, op) pair'
         return out
 
@@ -169,17 +206,20 @@ class DartsSupernet(nn.Module):
         layers: number of cells (8 for CIFAR, 14 for ImageNet); reductions at 1/3 and 2/3 of the depth.
         ops: candidate ops, in the order of the distribution's op labels.
         stem: 'cifar' (conv3x3 + BN, ``stem_multiplier`` x C) or 'imagenet' (three stride-2 convs).
+        subset_bn: how ops run on a subset of the batch (per-example samples) normalise; see ``SUBSET_BN``.
     """
 
     def __init__(self, num_classes: int, init_channels: int = 16, layers: int = 8,
                  ops: Sequence[str] = CIFAR_SEARCH_OPS, stem: str = 'cifar', in_chans: int = 3,
-                 stem_multiplier: int = 3):
+                 stem_multiplier: int = 3, subset_bn: str = 'subset'):
         super().__init__()
         ops = tuple(ops)
         if not ops or set(ops) - set(DARTS_OPS) or len(set(ops)) != len(ops):
             raise ValueError(f'DartsSupernet: ops must be distinct names from {list(DARTS_OPS)}; got {list(ops)}')
         if stem not in STEMS:
             raise ValueError(f'DartsSupernet: unknown stem {stem!r}; allowed values are {list(STEMS)}')
+        if subset_bn not in SUBSET_BN:
+            raise ValueError(f'DartsSupernet: unknown subset_bn {subset_bn!r}; allowed values are {list(SUBSET_BN)}')
         self.ops, self.stem = ops, stem
         self.net_kwargs = dict(num_classes=num_classes, in_chans=in_chans, init_channels=init_channels, layers=layers,
                                bn_affine=False, pool_bn=True)
@@ -189,7 +229,8 @@ class DartsSupernet(nn.Module):
         self.net: DartsNet = STEMS[stem](_placeholder_genotype(), **self.net_kwargs)
         for cell in self.net.cells:
             channels = cell.out_channels // len(cell.concat)
-            cell.nodes = nn.ModuleList([_MixedNode(n, ops, channels, cell.reduction) for n in range(NODES_PER_CELL)])
+            cell.nodes = nn.ModuleList([_MixedNode(n, ops, channels, cell.reduction, subset_bn)
+                                        for n in range(NODES_PER_CELL)])
         self.sizes = {name: len(labels) for name, labels in darts_choices(ops).items()}
 
     def forward(self, x: Tensor, weights: Mapping[str, Tensor]) -> Tensor:
