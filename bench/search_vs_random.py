@@ -17,8 +17,11 @@ The instrument of issue 9 (and the paper's Table 2 questions), on scikit-learn's
 3. For every configuration (estimator x objective x sampling) and seed, a search with the same budget through the
    public ``run_search``; each found cell is trained with the same protocol; reported: test accuracy (mean ± std
    over seeds), mean percentile among the random cells, search wall time.
-4. Kendall τ between each random cell's accuracy inside the default configuration's seed-0 supernet (inherited
-   weights, batch-statistics BN) and its stand-alone accuracy.
+4. Kendall τ between each random cell's accuracy inside a configuration's seed-0 supernet (inherited weights,
+   batch-statistics BN) and its stand-alone accuracy; the JSON's ``kendall_tau`` is the default configuration's
+   (REBAR + L_gen), the summary holds every configuration's. Comparing per-example with per-batch sampling, and
+   ``subset_bn: running`` with the paper's subset statistics, measures what the few-example BatchNorm of
+   per-example sampling costs (issue 9 item 2).
 
     python bench/search_vs_random.py --quick --results-file quick.json      # <= 10 min on 2 idle cores
     python bench/search_vs_random.py --results-file full.json               # R=16, S=3, every configuration
@@ -34,7 +37,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -116,8 +119,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     if train_seeds < 2:
         raise SystemExit(f'--train-seeds: must be >= 2 (the seed noise is measured from them), got {train_seeds}')
     return Settings(
-        random_cells=pick(args.random_cells, 8, 16), train_seeds=train_seeds, search_seeds=pick(args.search_seeds, 2, 3),
-        configs=configs,
+        random_cells=pick(args.random_cells, 8, 16), train_seeds=train_seeds,
+        search_seeds=pick(args.search_seeds, 2, 3), configs=configs,
         search_epochs=pick(args.search_epochs, 2, 3), warmup_epochs=pick(args.warmup_epochs, 1, 2),
         task=DigitsTask(image_size=args.image_size, train_images=args.train_images, label_noise=args.label_noise),
         protocol=TrainProtocol(epochs=args.train_epochs, batch_size=32, lr=args.train_lr, opt='adam',
@@ -217,7 +220,7 @@ def summarize(rows: list[dict], taus: dict[str, float]) -> dict[str, dict]:
     return out
 
 
-def report(results: dict, settings: Settings) -> str:
+def report(results: dict) -> str:
     """The markdown table and the answers to the paper's questions, as measured."""
     random_accs = [r['accuracy'] for r in results['random']]
     lo, hi = min(random_accs), max(random_accs)
@@ -303,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix='search_vs_random_') as tmp:
         work = args.work_dir or Path(tmp)
         results = run(settings, work, started)
-    print(report(results, settings))
+    print(report(results))
     print(f'total {time.time() - started:.0f}s')
     if args.results_file:
         args.results_file.write_text(json.dumps(results, indent=1))
