@@ -279,3 +279,21 @@ def test_checkpoint_with_pickled_objects_is_refused_by_validate(tmp_path):
     args = validate_parser().parse_args(['--checkpoint', str(bad), '--device', 'cpu'])
     with pytest.raises(TrainingError, match=r'refused: it holds pickled Python objects .*struct_time'):
         validate(args)
+
+
+def test_hub_push_without_network_is_one_line_without_the_token(monkeypatch, capsys):
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HTTPError
+
+    from unas_zoo import hub
+
+    def offline(self, *args, **kwargs):
+        raise HTTPError('[Errno -2] Name or service not known')
+
+    monkeypatch.setenv('HF_TOKEN', 'hf_secret_token_123')
+    monkeypatch.setattr(HfApi, 'create_repo', offline)
+    code = hub.main(['push', '--model', 'test_efficientnet', '--repo-id', 'org/name'])
+    out = capsys.readouterr()
+    assert code == 2 and out.err == 'error: push to org/name failed (HTTPError: [Errno -2] Name or service not ' \
+                                    'known)\n'
+    assert 'hf_secret_token_123' not in out.out + out.err

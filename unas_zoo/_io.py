@@ -76,12 +76,13 @@ def _pid_alive(pid: int) -> bool:
 
 
 def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
-    """Delete the temporary files that killed processes left in ``folder`` (ours only: name and dead pid match)."""
+    """Delete the temporary files that killed processes left in ``folder`` and its sub-folders one level down
+    (ours only: the name matches ``atomic_path``'s and its pid is dead)."""
     folder = Path(folder)
     removed = []
     if not folder.is_dir():
         return removed
-    for path in folder.iterdir():
+    for path in [*folder.glob('.*.tmp*'), *folder.glob('*/.*.tmp*')]:
         match = _TEMP_NAME.match(path.name)
         if match and path.is_file() and not _pid_alive(int(match['pid'])):
             with contextlib.suppress(OSError):

@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 import yaml
 from huggingface_hub import HfApi
-from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError
+from huggingface_hub.errors import HTTPError, LocalTokenNotFoundError
 from timm.models import save_for_hf
 
 from .complexity import complexity, mobile_setting
@@ -270,8 +270,8 @@ def push(
             repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
             commit = api.upload_folder(repo_id=repo_id, folder_path=str(folder), revision=revision,
                                        commit_message=commit_message)
-        except (HfHubHTTPError, LocalTokenNotFoundError) as e:  # messages name the repo, never the token
-            raise TrainingError(f'push to {repo_id} failed: {e}') from e
+        except (HTTPError, OSError, LocalTokenNotFoundError) as e:  # HTTP status, network, login; never the token
+            raise TrainingError(f'push to {repo_id} failed ({type(e).__name__}: {" ".join(str(e).split())})') from e
     return str(getattr(commit, 'commit_url', commit))
 
 

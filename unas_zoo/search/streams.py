@@ -76,7 +76,10 @@ class Stream:
         order = list(self.sampler)
         batches = [order[i * self.batch_size:(i + 1) * self.batch_size]
                    for i in range(skip, self.batches_per_pass)]
-        return iter(DataLoader(self.view, batch_sampler=batches, **self.loader_kwargs))
+        # Its own generator: iter(DataLoader) would otherwise draw its base seed from the global RNG, at points that
+        # differ between an uninterrupted and a resumed run, shifting every later dropout mask.
+        generator = torch.Generator().manual_seed((self.view.seed * 1_000_003 + pass_index) % 2 ** 63)
+        return iter(DataLoader(self.view, batch_sampler=batches, generator=generator, **self.loader_kwargs))
 
     def endless(self, start_batch: int) -> Iterator:
         """Batches from position ``start_batch`` of the concatenated passes, forever."""
