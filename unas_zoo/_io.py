@@ -38,8 +38,9 @@ def _temp_name(path: Path) -> Path:
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path`` to write to; it replaces ``path`` only if the block succeeds.
 
-    The temporary name keeps the suffix, so writers that pick their format from it (matplotlib) still work. An
-    ``OSError`` names ``path`` itself (not the temporary file), so messages point at what the user asked for.
+    The temporary name keeps the suffix, so writers that pick their format from it (matplotlib) still work. An OS
+    error names ``path`` itself (not the temporary file), so messages point at what the user asked for; it is also
+    found behind writers that wrap it (torch.save into a Python file raises RuntimeError from the ENOSPC OSError).
     """
     path = Path(path)
     tmp = _temp_name(path)
@@ -47,11 +48,23 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         path.parent.mkdir(parents=True, exist_ok=True)
         yield tmp
         os.replace(tmp, path)
-    except OSError as e:
-        raise OSError(e.errno, e.strerror or str(e), str(path)) from e
+    except Exception as e:
+        cause = _os_error_behind(e)
+        if cause is None:
+            raise
+        raise OSError(cause.errno, cause.strerror or str(cause), str(path)) from e
     finally:
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
+
+
+def _os_error_behind(error: BaseException | None) -> OSError | None:
+    """``error`` itself if it is an OSError, else the first OSError it was raised from or while handling."""
+    for _ in range(8):
+        if error is None or isinstance(error, OSError):
+            return error
+        error = error.__cause__ or error.__context__
+    return None
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

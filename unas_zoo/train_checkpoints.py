@@ -27,8 +27,9 @@ class AtomicCheckpointSaver(CheckpointSaver):
     checkpoints are at every moment either the previous complete file or the new complete one."""
 
     def _save(self, save_path: str, epoch: int, metric: float | None = None) -> None:
-        with atomic_path(save_path) as tmp:  # a failed write (full disk) leaves no partial file behind
-            super()._save(str(tmp), epoch, metric)
+        # Atomic, and through a Python file: a full disk leaves no partial file and is reported as the OSError.
+        with atomic_path(save_path) as tmp, open(tmp, 'wb') as f:
+            super()._save(f, epoch, metric)
 
     def _replace(self, src: str, dst: str) -> None:
         os.replace(src, dst)  # atomic, also over an existing file (POSIX rename, Windows MoveFileEx)

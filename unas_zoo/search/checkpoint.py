@@ -39,8 +39,9 @@ RESUME_MUTABLE = ('data_dir', 'download', 'num_workers', 'device', 'threads', 'o
 
 
 def atomic_save(obj: Any, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    """torch.save through a Python file, so that a full disk surfaces as the OSError behind torch's RuntimeError."""
+    with atomic_path(path) as tmp, open(tmp, 'wb') as f:
+        torch.save(obj, f)
 
 
 def prepare_output(cfg: SearchConfig, resume: bool) -> Path:
