@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Iterable, Mapping
+from typing import Mapping
 
 import torch
 
-__all__ = ['NonFiniteError', 'check_finite', 'all_finite', 'non_finite_keys']
+__all__ = ['NonFiniteError', 'check_finite', 'non_finite_keys']
 
 
 class NonFiniteError(RuntimeError):
@@ -31,12 +31,6 @@ def check_finite(values: Mapping[str, float | torch.Tensor], where: str,
             kept = f'last good checkpoint {last_checkpoint} (kept)' if last_checkpoint else 'no checkpoint written yet'
             raise NonFiniteError(f'{where}: {name} is {value}; stopped without saving this state; {kept}; lower '
                                  f'the learning rate or clip gradients')
-
-
-def all_finite(tensors: Iterable[torch.Tensor]) -> bool:
-    """Whether every element of every tensor is finite (one device synchronisation for all of them)."""
-    flags = [torch.isfinite(t).all() for t in tensors]
-    return bool(torch.stack(flags).all()) if flags else True
 
 
 def non_finite_keys(values: Mapping[str, object]) -> list[str]:
