@@ -63,6 +63,8 @@ CONFIGS: dict[str, dict[str, Any]] = {
     'rloo_example_running_bn': dict(estimator='rloo', objective='gen', sampling='per_example', subset_bn='running'),
 }
 QUICK_CONFIGS = ('rebar_gen', 'reinforce_gen', 'rloo_example_gen')
+# Per-example REBAR costs several times the others (a relaxed pass through every op per example): --configs only.
+FULL_CONFIGS = tuple(name for name in CONFIGS if name != 'rebar_example_gen')
 DEFAULT_CONFIG = 'rebar_gen'
 
 
@@ -110,7 +112,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     def pick(value, quick, full):
         return value if value is not None else (quick if args.quick else full)
 
-    configs = tuple(args.configs or (QUICK_CONFIGS if args.quick else CONFIGS))
+    configs = tuple(args.configs or (QUICK_CONFIGS if args.quick else FULL_CONFIGS))
     missing = [c for c in configs if not _config_available(c)]
     if missing:
         print(f'skipping {missing}: this checkout\'s search config lacks their keys or estimator', flush=True)
