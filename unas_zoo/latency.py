@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import platform
 import statistics
@@ -30,7 +31,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import torch
 import torch.nn as nn
 
-from ._io import atomic_path, atomic_write_text
+from ._io import atomic_path, atomic_write_text, remove_stale_temps
 
 __all__ = [
     'LatencyError', 'TimingSpec', 'Timing', 'time_model', 'device_name', 'architecture_key',
@@ -250,6 +251,22 @@ def _context_key(context: Mapping[str, Any]) -> str:
     return hashlib.sha1(json.dumps(context, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def _cache_slot_problem(slot: Any) -> str | None:
+    """What is wrong with one context of a cache file (None: nothing): entries must be complete, finite timings."""
+    if not isinstance(slot, dict) or not isinstance(slot.get('context'), dict) \
+            or not isinstance(slot.get('entries'), dict):
+        return 'expected a mapping with "context" and "entries" mappings'
+    fields = set(Timing.__dataclass_fields__)
+    for key, entry in slot['entries'].items():
+        if not isinstance(entry, dict) or set(entry) != fields:
+            return f'entry {key}: expected the fields {sorted(fields)}, got {entry!r}'
+        bad = [k for k, v in entry.items() if isinstance(v, bool) or not isinstance(v, (int, float))
+               or not math.isfinite(v) or v < 0]
+        if bad:
+            return f'entry {key}: {bad[0]} is {entry[bad[0]]!r}, expected a finite number >= 0'
+    return None
+
+
 class LatencyCache:
     """Timings per (context, architecture key) in a JSON file.
 
@@ -263,18 +280,28 @@ class LatencyCache:
         self.flush_every = flush_every
         self._data: dict[str, dict[str, Any]] = self._read()
         self._pending = 0
+        remove_stale_temps(self.path.parent)  # partial caches of killed writers
 
     def _read(self) -> dict[str, dict[str, Any]]:
-        if not self.path.is_file():
+        """The file's contexts; anything that is not a cache of valid timings is refused naming the file."""
+        if self.path.exists() and not self.path.is_file():
+            raise LatencyError(f'{self.path}: the latency cache path is not a file (a folder?); remove it or pass '
+                               f'another cache path')
+        if not self.path.exists():
             return {}
         try:
-            data = json.loads(self.path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise LatencyError(f'{self.path}: latency cache is not readable JSON ({e}); delete it to start a new '
-                               f'one') from None
+            data = json.loads(self.path.read_text(encoding='utf-8'))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise LatencyError(f'{self.path}: latency cache is not readable JSON ({" ".join(str(e).split())}); '
+                               f'delete it to start a new one') from None
         if not isinstance(data, dict) or not isinstance(data.get('contexts'), dict):
             raise LatencyError(f'{self.path}: not a unas_zoo latency cache (no "contexts" mapping); delete it to '
                                f'start a new one')
+        for ckey, slot in data['contexts'].items():
+            problem = _cache_slot_problem(slot)
+            if problem:
+                raise LatencyError(f'{self.path}: latency cache context {ckey}: {problem}; delete the file to start '
+                                   f'a new one')
         return data['contexts']
 
     def get(self, context: Mapping[str, Any], key: str) -> Timing | None:
@@ -485,6 +512,16 @@ class LinearSurrogate:
     def per_choice(self) -> dict[str, dict[str, float]]:
         """The fitted l_ij as {variable: {label: cost}} (the bias is spread over nothing: see ``bias``)."""
         return {name: dict(zip(labels, self.weights[name].tolist())) for name, labels in self.choices.items()}
+
+    def state_dict(self) -> dict[str, Any]:
+        """What refits change (weights, bias, sample buffer, stats), for a search checkpoint's exact resume."""
+        return {'weights': self._flat_weights().clone(), 'bias': self.bias, 'encodings': self._encodings.clone(),
+                'costs': self._costs.clone(), 'stats': json.dumps(self.stats), 'ridge': json.dumps(self.ridge)}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self._set_flat(state['weights'].double().cpu(), state['bias'])
+        self._encodings, self._costs = state['encodings'].double().cpu(), state['costs'].double().cpu()
+        self.stats, self.ridge = json.loads(state['stats']), json.loads(state['ridge'])
 
     # ---- files
     def save(self, path: str | os.PathLike) -> Path:

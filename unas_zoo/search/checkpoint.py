@@ -2,7 +2,7 @@
 output-folder rules (never start over a run's outputs; resuming needs that run's checkpoint).
 
 A checkpoint stores the weights, φ, both optimizers and schedulers, the estimator state of every rank (REINFORCE
-baseline, REBAR control with its optimizer), every RNG state of every rank and the position (epoch, step in epoch), so
+baseline, REBAR control with its optimizer, the cost term's memo and refitted surrogate), every RNG state of every rank and the position (epoch, step in epoch), so
 a run stopped mid-epoch and resumed ends bit-for-bit where an uninterrupted run ends (CPU). The per-process batch is
 fixed by the config and the world size, both checked on resume. It loads with ``torch.load(weights_only=True)``;
 a file that is not a complete checkpoint of this format, or whose position or state does not fit the run, is refused
@@ -61,8 +61,10 @@ def prepare_output(cfg: SearchConfig, resume: bool) -> Path:
 
 
 def _per_rank_state(run: _Run) -> list[dict]:
+    cost = run.parts.objective.cost
     state = {'rng': rng_state(run.generator), 'baseline': run.baseline.state_dict(),
-             'control': None if run.control is None else run.control.state_dict()}
+             'control': None if run.control is None else run.control.state_dict(),
+             'cost': None if cost is None else cost.state_dict()}
     if not run.procs.distributed:
         return [state]
     gathered: list[Any] = [None] * run.procs.world_size
@@ -153,6 +155,8 @@ def _restore(run: _Run, state: dict) -> None:
     run.baseline.load_state_dict(mine['baseline'])
     if run.control is not None:
         run.control.load_state_dict(mine['control'])
+    if p.objective.cost is not None:
+        p.objective.cost.load_state_dict(mine['cost'])
     set_rng_state(mine['rng'], run.generator)
     run.epoch, run.step_in_epoch, run.finished = state['epoch'], state['step_in_epoch'], state['finished']
     run.history, run.epoch_log, run.running = state['history'], state['epoch_log'], state['running']

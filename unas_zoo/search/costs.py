@@ -88,6 +88,15 @@ class CostTerm:
     info: dict = field(default_factory=dict)          # surrogate fit statistics, what the measurement depends on
     flush_fn: Callable[[], None] | None = None        # writes pending measurements (the latency cache) to disk
     build_fn: Callable[[Any], nn.Module] | None = None  # genotype -> the child network that is measured
+    measured: _Measured | None = None                  # memo, refit counter and surrogate: checkpointed
+
+    def state_dict(self) -> dict[str, Any]:
+        """What the search changes in the term (see :class:`_Measured`), for exact resume."""
+        return self.measured.state_dict() if self.measured is not None else {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if self.measured is not None:
+            self.measured.load_state_dict(state)
 
     def weight(self, step: int, total_steps: int | None = None) -> float:
         """λ at φ step ``step``: linear from 0 to ``final_weight`` over the annealing steps, then constant."""
@@ -477,17 +486,10 @@ def build_cost(section: Mapping[str, Any], *, dist: Any, device: str | torch.dev
         raw, context = _import_callable(name, where), {'cost': name}
         if options.get('call_with') == 'indices':
             to_input = dict
-    checked = _checked(raw, label, where)
-    memo: dict[tuple[int, ...], float] = {}
-
-    def measure_arch(arch: dict[str, int]) -> float:
-        key = tuple(arch[k] for k in dist.choices)
-        if key not in memo:
-            memo[key] = checked(to_input(arch))
-        return memo[key]
-
-    surrogate = _load_or_fit_surrogate(dist, measure_arch, context, options['surrogate'], name, output_dir,
-                                       where, log)
+    measure_arch = _Measured(_checked(raw, label, where), to_input, tuple(dist.choices),
+                             options['surrogate']['refit_every'])
+    surrogate = measure_arch.surrogate = _load_or_fit_surrogate(
+        dist, measure_arch, context, options['surrogate'], name, output_dir, where, log)
     flush = getattr(raw, 'flush', None)
     if flush is not None:
         flush()
@@ -506,38 +508,63 @@ def build_cost(section: Mapping[str, Any], *, dist: Any, device: str | torch.dev
     return CostTerm(
         name=name, target=target, final_weight=float(options['weight']),
         anneal_steps=anneal_steps, anneal=float(options['anneal']),
-        cost_fn=_batched(measure_arch, surrogate, options['surrogate']['refit_every'], memo), surrogate=surrogate,
-        unit=unit, surrogate_model=surrogate, measure=lambda genotype: measure_arch(dist.encode(genotype)),
-        timing=getattr(raw, 'spec', None), num_classes=num_classes, flush_fn=flush, build_fn=ctx.build,
+        cost_fn=measure_arch.cost_fn, surrogate=surrogate, unit=unit, surrogate_model=surrogate,
+        measure=lambda genotype: measure_arch(dist.encode(genotype)), timing=getattr(raw, 'spec', None),
+        num_classes=num_classes, flush_fn=flush, build_fn=ctx.build, measured=measure_arch,
         info={'context': context, 'surrogate': surrogate.stats})
 
 
-def _batched(measure_arch: Callable[[dict[str, int]], float], surrogate: LinearSurrogate, refit_every: int,
-             memo: Mapping) -> Callable[[Mapping[str, Tensor]], Tensor]:
-    """indices ([] or [N] tensors) -> measured costs of the same shape; feeds new measurements to the surrogate."""
-    pending = [0]
+class _Measured:
+    """Architecture -> cost, measured once per architecture (memo), feeding new measurements to the surrogate.
 
-    def cost_fn(indices: Mapping[str, Tensor]) -> Tensor:
+    Its state (memo, refit counter) and the surrogate's go into search checkpoints, so that a resumed search
+    measures, observes and refits exactly as an uninterrupted one.
+    """
+
+    def __init__(self, measure: Callable[[Any], float], to_input: Callable[[dict[str, int]], Any],
+                 names: tuple[str, ...], refit_every: int):
+        self.measure, self.to_input, self.names, self.refit_every = measure, to_input, names, refit_every
+        self.surrogate: LinearSurrogate | None = None  # set once fitted (the fit itself measures architectures)
+        self.memo: dict[tuple[int, ...], float] = {}
+        self.pending = 0                                # observations since the last refit
+
+    def __call__(self, arch: dict[str, int]) -> float:
+        key = tuple(arch[k] for k in self.names)
+        if key not in self.memo:
+            self.memo[key] = self.measure(self.to_input(arch))
+        return self.memo[key]
+
+    def cost_fn(self, indices: Mapping[str, Tensor]) -> Tensor:
+        """indices ([] or [N] tensors) -> measured costs of the same shape; new ones are observed by the surrogate."""
         # Refit *before* measuring this sample: the control variate must not depend on the sample it corrects,
         # or RELAX would lose its unbiasedness.
-        if refit_every and pending[0] >= refit_every:
-            surrogate.refit()
-            pending[0] = 0
+        if self.refit_every and self.pending >= self.refit_every:
+            self.surrogate.refit()
+            self.pending = 0
         first = torch.as_tensor(next(iter(indices.values())))
         flat = {k: torch.as_tensor(v).reshape(-1).tolist() for k, v in indices.items()}
         values, new = [], []
         for n in range(first.numel()):
             arch = {k: v[n] for k, v in flat.items()}
-            seen = tuple(arch.values()) in memo
-            values.append(measure_arch(arch))
+            seen = tuple(arch[k] for k in self.names) in self.memo
+            values.append(self(arch))
             if not seen:
                 new.append(arch)
-        if refit_every and new:
-            surrogate.observe(torch.stack([surrogate.encode(a) for a in new]),
-                              torch.tensor([measure_arch(a) for a in new], dtype=torch.float64))
-            pending[0] += len(new)
+        if self.refit_every and new:
+            self.surrogate.observe(torch.stack([self.surrogate.encode(a) for a in new]),
+                                   torch.tensor([self(a) for a in new], dtype=torch.float64))
+            self.pending += len(new)
         return torch.tensor(values, dtype=torch.float32, device=first.device).reshape(first.shape)
-    return cost_fn
+
+    def state_dict(self) -> dict[str, Any]:
+        keys = torch.tensor(list(self.memo), dtype=torch.long).reshape(len(self.memo), len(self.names))
+        return {'memo_keys': keys, 'memo_values': torch.tensor(list(self.memo.values()), dtype=torch.float64),
+                'pending': self.pending, 'surrogate': self.surrogate.state_dict()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.memo = dict(zip(map(tuple, state['memo_keys'].tolist()), state['memo_values'].tolist()))
+        self.pending = int(state['pending'])
+        self.surrogate.load_state_dict(state['surrogate'])
 
 
 def _checked(measure: Callable[[Any], float], label: str, where: str) -> Callable[[Any], float]:
