@@ -275,7 +275,7 @@ def plot(results: dict, path: Path) -> None:
     ax.set_ylim(0, top * (1.1 + 0.06 * len(results['summary'])))
     ax.set_xlabel('stand-alone test accuracy (%)')
     ax.set_ylabel('random cells')
-    ax.legend(fontsize=7, loc='upper left')
+    ax.legend(fontsize=7, loc='center left')
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
