@@ -140,12 +140,9 @@ def _config_available(name: str) -> bool:
 
 def search_config(s: Settings, name: str, seed: int, output: Path) -> SearchConfig:
     """The shared search budget (data, supernet, epochs, learning rates of the demo) with the configuration's keys."""
-    fields = {f.name for f in dataclasses.fields(SearchConfig)}
     base = dict(dataset='digits', image_size=s.task.image_size, init_channels=s.protocol.init_channels,
                 layers=s.protocol.layers, epochs=s.warmup_epochs + s.search_epochs, warmup_epochs=s.warmup_epochs,
-                device=s.device, seed=seed, output=str(output), log_every=10 ** 6)
-    if 'threads' in fields:
-        base['threads'] = s.threads
+                device=s.device, threads=s.threads, seed=seed, output=str(output), log_every=10 ** 6)
     return config_from_dict({**base, **CONFIGS[name]}, f'search_vs_random:{name}')
 
 
@@ -186,8 +183,8 @@ def run_searches(s: Settings, tensors, random_accs: list[float], work: Path, sta
             seeds = protocol_accuracies(s, genotype, tensors)
             accuracy = statistics.fmean(seeds)
             rows.append(dict(config=name, seed=seed, accuracy=accuracy, percentile=percentile(accuracy, random_accs),
-                             seed_accuracies=seeds,
-                             search_seconds=round(seconds, 1), genotype=_plain(genotype.to_dict())))
+                             seed_accuracies=seeds, search_seconds=round(seconds, 1),
+                             genotype=_plain(genotype.to_dict())))
             _log(f'search {name} seed {seed}: {seconds:.0f}s; found cell test acc {accuracy:.1f}% '
                  f'(percentile {rows[-1]["percentile"]:.0f})', started)
     return rows
