@@ -120,8 +120,8 @@ def test_diverging_w_lr_exits_nonzero_without_a_genotype(tmp_path, capsys):
 
 def test_second_run_on_the_same_folder_is_refused_while_the_first_finishes(tmp_path, capsys):
     out = tmp_path / 'run'
-    # Four epochs: the first run is still busy when the second one tries, after its first checkpoint.
-    first = subprocess.Popen([sys.executable, 'search.py', *TINY_ARGS, '--epochs', '4', '--output', str(out)],
+    # Three epochs: the first run is still busy when the second one tries, after its first checkpoint.
+    first = subprocess.Popen([sys.executable, 'search.py', *TINY_ARGS, '--epochs', '3', '--output', str(out)],
                              cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     refusal = (f'search.py: error: {out} is in use by process {first.pid} (lock {out / LOCK_FILE}); wait for it to '
                f'end or choose another output folder\n')
@@ -132,7 +132,7 @@ def test_second_run_on_the_same_folder_is_refused_while_the_first_finishes(tmp_p
             time.sleep(0.02)
     try:
         wait_for(out / LOCK_FILE)
-        assert cli(capsys, *TINY_ARGS, '--epochs', '4', '--output', out) == (2, refusal)
+        assert cli(capsys, *TINY_ARGS, '--epochs', '3', '--output', out) == (2, refusal)
         wait_for(out / CHECKPOINT)
         assert cli(capsys, '--output', out, '--resume') == (2, refusal)
     finally:
@@ -141,7 +141,9 @@ def test_second_run_on_the_same_folder_is_refused_while_the_first_finishes(tmp_p
     assert (out / FINAL_GENOTYPE).is_file() and not (out / LOCK_FILE).exists()
 
 
-def test_killed_run_leaves_no_stale_lock_or_temp_files_behind(stopped_run, tmp_path):
+def test_killed_run_resumed_with_the_same_command_finishes_and_cleans_up(stopped_run, tmp_path):
+    """The run's own command plus --resume continues it (was refused although no value changed), its
+    --stop-after-steps 3 does not stop the resumed run again, and the killed owner's lock and temp files go."""
     out = copy_of(stopped_run, tmp_path)
     dead = subprocess.run([sys.executable, '-c', 'import os; print(os.getpid())'], capture_output=True, text=True)
     pid = int(dead.stdout)
@@ -150,7 +152,8 @@ def test_killed_run_leaves_no_stale_lock_or_temp_files_behind(stopped_run, tmp_p
     (out / 'epochs').mkdir(exist_ok=True)
     (out / 'epochs' / f'.genotype_epoch001.tmp{pid}.yaml').write_text('space: da')   # and an epoch output
     (out / f'.probabilities.tmp{os.getppid()}.json').write_text('{')  # a live process's temp file stays
-    assert search_cli.main(['--output', str(out), '--resume']) == 0
+    assert search_cli.main([*TINY_ARGS, '--output', str(out), '--resume']) == 0
+    assert (out / FINAL_GENOTYPE).is_file()
     assert sorted(p.name for p in out.glob('.*')) == [f'.probabilities.tmp{os.getppid()}.json']
     assert not list((out / 'epochs').glob('.*'))
 
@@ -192,7 +195,7 @@ def test_full_disk_mid_run_keeps_the_last_checkpoint(tmp_path, monkeypatch, caps
 
 # --------------------------------------------------------------------------------------------------------- resume
 
-def test_the_same_command_with_resume_continues_and_stop_after_steps_does_not_persist(stopped_run, tmp_path):
+def test_resume_keeps_the_run_settings_without_its_stop_after_steps(stopped_run, tmp_path):
     out = copy_of(stopped_run, tmp_path)
     args = search_cli.build_parser().parse_args(['--output', str(out), '--resume'])
     assert search_cli.resolve_config(args).stop_after_steps is None      # was 3, stored in config.yaml
@@ -201,8 +204,6 @@ def test_the_same_command_with_resume_continues_and_stop_after_steps_does_not_pe
     args = search_cli.build_parser().parse_args(['--config', str(recipe), *TINY_ARGS, '--output', str(out),
                                                  '--resume'])
     assert search_cli.resolve_config(args) == dataclasses.replace(tiny(out), stop_after_steps=None)
-    assert search_cli.main([*TINY_ARGS, '--output', str(out), '--resume']) == 0
-    assert (out / FINAL_GENOTYPE).is_file()
 
 
 def test_resume_with_a_real_change_names_old_and_new(stopped_run, tmp_path, capsys):
