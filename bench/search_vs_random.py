@@ -24,7 +24,7 @@ The instrument of issue 9 (and the paper's Table 2 questions), on scikit-learn's
    per-example sampling costs (issue 9 item 2).
 
     python bench/search_vs_random.py --quick --results-file quick.json      # <= 10 min on 2 idle cores
-    python bench/search_vs_random.py --results-file full.json               # R=16, S=3, every configuration
+    python bench/search_vs_random.py --results-file full.json               # R=16, S=3, 8 configurations
     python bench/search_vs_random.py --device cuda --channels 16 --layers 8 --image-size 16 --results-file gpu.json
 """
 from __future__ import annotations
@@ -91,7 +91,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument('--configs', nargs='+', choices=list(CONFIGS), help='configurations to search with')
     p.add_argument('--train-seeds', type=int, help='training seeds averaged per cell, >= 2 (default 4)')
     p.add_argument('--search-epochs', type=int, help='epochs with φ steps (default 3; quick 2)')
-    p.add_argument('--warmup-epochs', type=int, help='w-only epochs before them (default 2; quick 1)')
+    p.add_argument('--warmup-epochs', type=int,
+                   help='w-only epochs before them (default 6; quick 1: a smoke run, its supernet is still at chance)')
     p.add_argument('--image-size', type=int, default=8, help='digits rendered at this size (search and training)')
     p.add_argument('--train-images', type=int, help='stand-alone training images (default: all 1438)')
     p.add_argument('--label-noise', type=float, default=0.0, help='fraction of stand-alone training labels replaced')
@@ -123,7 +124,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     return Settings(
         random_cells=pick(args.random_cells, 8, 16), train_seeds=train_seeds,
         search_seeds=pick(args.search_seeds, 2, 3), configs=configs,
-        search_epochs=pick(args.search_epochs, 2, 3), warmup_epochs=pick(args.warmup_epochs, 1, 2),
+        search_epochs=pick(args.search_epochs, 2, 3), warmup_epochs=pick(args.warmup_epochs, 1, 6),
         task=DigitsTask(image_size=args.image_size, train_images=args.train_images, label_noise=args.label_noise),
         protocol=TrainProtocol(epochs=args.train_epochs, batch_size=32, lr=args.train_lr, opt='adam',
                                weight_decay=0.0, init_channels=args.channels, layers=args.layers),
