@@ -19,7 +19,7 @@ The instrument of issue 9 (and the paper's Table 2 questions), on scikit-learn's
    over seeds), mean percentile among the random cells, search wall time.
 4. Kendall τ between each random cell's accuracy inside a configuration's seed-0 supernet (inherited weights,
    batch-statistics BN) and its stand-alone accuracy; the JSON's ``kendall_tau`` is the default configuration's
-   (REBAR + L_gen), the summary holds every configuration's. Comparing per-example with per-batch sampling, and
+   (the project's default search: RLOO, K=4 per batch, L_gen), the summary holds every configuration's. Comparing per-example with per-batch sampling, and
    ``subset_bn: running`` with the paper's subset statistics, measures what the few-example BatchNorm of
    per-example sampling costs (issue 9 item 2).
 
@@ -51,21 +51,21 @@ from unas_zoo.search.loop import CHECKPOINT, build_search, run_search
 # Configurations compared: config keys over the shared search settings. The first is the project's default
 # (the paper's UNAS: REBAR + L_gen, one architecture per batch).
 CONFIGS: dict[str, dict[str, Any]] = {
-    'rebar_gen': dict(estimator='rebar', objective='gen'),
+    'rloo4_gen': dict(estimator='rloo', objective='gen', arch_samples=4),   # the project's default (search.py)
+    'rebar_gen': dict(estimator='rebar', objective='gen'),                  # the paper's UNAS: REBAR + L_gen
     'rebar_val': dict(estimator='rebar', objective='val'),
     'gumbel_gen': dict(estimator='gumbel', objective='gen'),
     'darts': dict(estimator='darts', objective='val'),                  # DARTS first order: α on L_val
     'reinforce_gen': dict(estimator='reinforce', objective='gen'),      # moving-average baseline (the loop's)
-    'rloo4_gen': dict(estimator='rloo', objective='gen', arch_samples=4),
     'rloo_example_gen': dict(estimator='rloo', objective='gen', sampling='per_example'),
     'rebar_example_gen': dict(estimator='rebar', objective='gen', sampling='per_example'),
     # Issue 9 item 2: BN of ops run on the few examples that chose them normalises with running statistics.
     'rloo_example_running_bn': dict(estimator='rloo', objective='gen', sampling='per_example', subset_bn='running'),
 }
-QUICK_CONFIGS = ('rebar_gen', 'reinforce_gen', 'rloo_example_gen')
+QUICK_CONFIGS = ('rloo4_gen', 'reinforce_gen')
 # Per-example REBAR costs several times the others (a relaxed pass through every op per example): --configs only.
 FULL_CONFIGS = tuple(name for name in CONFIGS if name != 'rebar_example_gen')
-DEFAULT_CONFIG = 'rebar_gen'
+DEFAULT_CONFIG = 'rloo4_gen'
 
 
 @dataclasses.dataclass
@@ -89,10 +89,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument('--random-cells', type=int, help='R (default 16; quick 8)')
     p.add_argument('--search-seeds', type=int, help='S (default 3; quick 2)')
     p.add_argument('--configs', nargs='+', choices=list(CONFIGS), help='configurations to search with')
-    p.add_argument('--train-seeds', type=int, help='training seeds averaged per cell, >= 2 (default 4)')
+    p.add_argument('--train-seeds', type=int, help='training seeds averaged per cell, >= 2 (default 6)')
     p.add_argument('--search-epochs', type=int, help='epochs with φ steps (default 3; quick 2)')
-    p.add_argument('--warmup-epochs', type=int,
-                   help='w-only epochs before them (default 6; quick 1: a smoke run, its supernet is still at chance)')
+    p.add_argument('--warmup-epochs', type=int, help='w-only epochs before them (default 6; quick 3)')
     p.add_argument('--image-size', type=int, default=8, help='digits rendered at this size (search and training)')
     p.add_argument('--train-images', type=int, help='stand-alone training images (default: all 1438)')
     p.add_argument('--label-noise', type=float, default=0.0, help='fraction of stand-alone training labels replaced')
@@ -118,13 +117,13 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     if missing:
         print(f'skipping {missing}: this checkout\'s search config lacks their keys or estimator', flush=True)
         configs = tuple(c for c in configs if c not in missing)
-    train_seeds = args.train_seeds if args.train_seeds is not None else 4
+    train_seeds = args.train_seeds if args.train_seeds is not None else 6
     if train_seeds < 2:
         raise SystemExit(f'--train-seeds: must be >= 2 (the seed noise is measured from them), got {train_seeds}')
     return Settings(
         random_cells=pick(args.random_cells, 8, 16), train_seeds=train_seeds,
         search_seeds=pick(args.search_seeds, 2, 3), configs=configs,
-        search_epochs=pick(args.search_epochs, 2, 3), warmup_epochs=pick(args.warmup_epochs, 1, 6),
+        search_epochs=pick(args.search_epochs, 2, 3), warmup_epochs=pick(args.warmup_epochs, 3, 6),
         task=DigitsTask(image_size=args.image_size, train_images=args.train_images, label_noise=args.label_noise),
         protocol=TrainProtocol(epochs=args.train_epochs, batch_size=32, lr=args.train_lr, opt='adam',
                                weight_decay=0.0, init_channels=args.channels, layers=args.layers),

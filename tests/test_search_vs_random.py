@@ -87,7 +87,7 @@ def test_micro_end_to_end(tmp_path):
     bench = _bench()
     results_file = tmp_path / 'r.json'
     bench.main(['--random-cells', '2', '--train-seeds', '2', '--search-seeds', '1',
-                '--configs', 'rebar_gen', '--search-epochs', '1', '--warmup-epochs', '0', '--train-epochs', '1',
+                '--configs', 'rloo4_gen', '--search-epochs', '1', '--warmup-epochs', '0', '--train-epochs', '1',
                 '--train-images', '64', '--channels', '4', '--layers', '3',
                 '--results-file', str(results_file)])
     results = json.loads(results_file.read_text())
@@ -95,8 +95,8 @@ def test_micro_end_to_end(tmp_path):
     assert len(results['random']) == 2 and {'genotype', 'accuracy'} <= set(results['random'][0])
     row = results['searched'][0]
     assert {'config', 'seed', 'accuracy', 'percentile', 'search_seconds', 'genotype'} <= set(row)
-    assert row['config'] == 'rebar_gen' and row['genotype']['space'] == 'darts'
-    assert set(results['summary']['rebar_gen']) >= {'mean', 'std', 'mean_percentile'}
+    assert row['config'] == 'rloo4_gen' and row['genotype']['space'] == 'darts'
+    assert set(results['summary']['rloo4_gen']) >= {'mean', 'std', 'mean_percentile'}
     assert results['random'][0]['supernet_accuracy'] is not None
     assert results_file.with_suffix('.png').stat().st_size > 0
 
