@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
-"""UNAS architecture search: ``python search.py`` runs the embedded CPU demo (digits, small DARTS supernet, REBAR).
+"""UNAS architecture search: ``python search.py`` runs the embedded CPU demo (digits, small DARTS supernet, RLOO).
 
-    python search.py                                          # the demo: a few minutes on 2 CPU cores
+    python search.py                                          # the demo: about 2 minutes on 2 CPU cores
     python search.py --config hparams/search_cifar10.yaml --data-dir data/   # the paper's CIFAR-10 search
     torchrun --nproc_per_node 4 search.py --config hparams/search_cifar10.yaml --data-dir data/
     python search.py --output output/search/run1 --resume    # continue a stopped run from its checkpoint
@@ -48,7 +48,7 @@ def _yaml_value(text: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog='search.py', description='UNAS architecture search (REBAR / RELAX estimators, L_gen).')
+    parser = _Parser(prog='search.py', description='UNAS architecture search (RLOO / REBAR / RELAX estimators, L_gen).')
     parser.add_argument('-c', '--config', default=None,
                         help='YAML recipe (hparams/search_*.yaml); without it: the embedded demo config')
     parser.add_argument('--resume', action='store_true',

@@ -18,8 +18,9 @@ The instrument of issue 9 (and the paper's Table 2 questions), on scikit-learn's
    public ``run_search``; each found cell is trained with the same protocol; reported: test accuracy (mean ± std
    over seeds), mean percentile among the random cells, search wall time.
 4. Kendall τ between each random cell's accuracy inside a configuration's seed-0 supernet (inherited weights,
-   batch-statistics BN) and its stand-alone accuracy; the JSON's ``kendall_tau`` is the default configuration's
-   (the project's default search: RLOO, K=4 per batch, L_gen), the summary holds every configuration's. Comparing per-example with per-batch sampling, and
+   batch-statistics BN) and its stand-alone accuracy; the JSON's ``kendall_tau`` is the default
+   configuration's (the project's default search: RLOO, K=4 per batch, L_gen), the summary holds every
+   configuration's. Comparing per-example with per-batch sampling, and
    ``subset_bn: running`` with the paper's subset statistics, measures what the few-example BatchNorm of
    per-example sampling costs (issue 9 item 2).
 

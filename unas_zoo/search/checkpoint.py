@@ -2,9 +2,10 @@
 output-folder rules (never start over a run's outputs; resuming needs that run's checkpoint).
 
 A checkpoint stores the weights, φ, both optimizers and schedulers, the estimator state of every rank (REINFORCE
-baseline, REBAR control with its optimizer, the cost term's memo and refitted surrogate), every RNG state of every rank and the position (epoch, step in epoch), so
-a run stopped mid-epoch and resumed ends bit-for-bit where an uninterrupted run ends (CPU). The per-process batch is
-fixed by the config and the world size, both checked on resume. It loads with ``torch.load(weights_only=True)``;
+baseline, REBAR control with its optimizer, the cost term's memo and refitted surrogate), every RNG state of every
+rank and the position (epoch, step in epoch), so a run stopped mid-epoch and resumed ends bit-for-bit where an
+uninterrupted run ends (CPU). The per-process batch is fixed by the config and the world size, both checked on
+resume. It loads with ``torch.load(weights_only=True)``;
 a file that is not a complete checkpoint of this format, or whose position or state does not fit the run, is refused
 with one line saying what is wrong.
 """

@@ -49,7 +49,7 @@ class SearchConfigError(ValueError):
 
 @dataclass
 class SearchConfig:
-    """Every knob of a search. Defaults: the CPU demo (digits, small DARTS supernet, REBAR, L_gen)."""
+    """Every knob of a search. Defaults: the CPU demo (digits, small DARTS supernet, RLOO with K=4, L_gen)."""
     # ---- data
     dataset: str = 'digits'              # digits | cifar10 | cifar100 | imagefolder
     data_dir: str | None = None          # CIFAR: folder holding torchvision's cifar-*-py; imagefolder: holds train/
@@ -81,7 +81,7 @@ class SearchConfig:
     phi_lr_min: float = 6e-3
     phi_weight_decay: float = 1e-6
     # ---- estimator and objective
-    estimator: str = 'rebar'             # reinforce | rloo | gumbel | rebar | relax | darts
+    estimator: str = 'rloo'              # reinforce | rloo | gumbel | rebar | relax | darts (paper: rebar)
     sampling: str = 'per_batch'          # per_batch | per_example (one architecture per example)
     subset_bn: str = 'subset'            # per_example: BN of ops on a few examples uses subset | running statistics
     arch_samples: int = 4                # per_batch + a leave-one-out baseline: K architectures on the same batch
