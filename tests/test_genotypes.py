@@ -3,7 +3,6 @@ malformed file is refused with a message that says which file, where, what and w
 import copy
 import dataclasses
 import re
-from pathlib import Path
 
 import pytest
 import yaml

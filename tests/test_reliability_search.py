@@ -160,16 +160,8 @@ def test_killed_run_resumed_with_the_same_command_finishes_and_cleans_up(stopped
 
 # ------------------------------------------------------------------------------------------------------- OS errors
 
-def test_read_only_output_folder_is_one_line(tmp_path, monkeypatch, capsys):
-    read_only = tmp_path / 'ro'
-    mkdir = os.mkdir
-
-    def refuse(path, *args, **kwargs):
-        if str(path).startswith(str(read_only)):
-            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
-        return mkdir(path, *args, **kwargs)
-
-    monkeypatch.setattr(os, 'mkdir', refuse)
+def test_read_only_output_folder_is_one_line(read_only_dir, capsys):
+    read_only = read_only_dir
     code, err = cli(capsys, *TINY_ARGS, '--output', read_only / 'run')
     assert code == 2 and err == f'search.py: error: {read_only / "run"}: Read-only file system\n'
 

@@ -129,16 +129,8 @@ def test_stale_temp_files_of_dead_processes_are_removed_at_the_next_start(one_ep
 
 # ------------------------------------------------------------------------------------------------------- OS errors
 
-def test_read_only_output_folder_at_start_is_one_line(tmp_path, monkeypatch, capsys):
-    read_only = tmp_path / 'ro'
-    mkdir = os.mkdir
-
-    def refuse(path, *args, **kwargs):
-        if str(path).startswith(str(read_only)):
-            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
-        return mkdir(path, *args, **kwargs)
-
-    monkeypatch.setattr(os, 'mkdir', refuse)
+def test_read_only_output_folder_at_start_is_one_line(read_only_dir, capsys):
+    read_only = read_only_dir
     code, err = cli([*TINY, '--epochs', '1', '--output', str(read_only), '--experiment', 'x'], capsys)
     assert code == 2 and err == f'error: {read_only / "x"}: Read-only file system\n'
 

@@ -126,7 +126,7 @@ def _details(details: dict[str, Any]) -> str:
 
 def _usage(model_id: str) -> str:
     """timm's card snippets (classification, feature maps, embeddings), each starting with ``import unas_zoo``."""
-    load = f"import timm, torch\nimport unas_zoo  # registers the architectures with timm\n\n"
+    load = "import timm, torch\nimport unas_zoo  # registers the architectures with timm\n\n"
     transform = ('data_config = timm.data.resolve_model_data_config(model)\n'
                  'transform = timm.data.create_transform(**data_config, is_training=False)\n')
     return (f'\n## Model Usage\n### Image Classification\n```python\n{load}'

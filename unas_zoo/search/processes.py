@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as torch_dist
-from torch import nn
+from torch import Tensor, nn
 
 from .config import SearchConfigError
 from .steps import GradSync
