@@ -31,9 +31,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 import search as search_cli  # noqa: E402
 
-# 8x8 digits (their native size), a 3-cell C=4 supernet, large batches: 7 steps per epoch, one warm-up epoch.
+# 8x8 digits (their native size), a 3-cell C=4 supernet, large batches: 7 steps per epoch, one warm-up epoch; the
+# paper's estimator and sampling (REBAR, one architecture per example), so that its resume is checked bit for bit.
 TINY = dict(image_size=8, init_channels=4, layers=3, batch_size=96, val_fraction=0.5, epochs=2, warmup_epochs=1,
-            sampling='per_example', device='cpu', log_every=1000)
+            estimator='rebar', sampling='per_example', device='cpu', log_every=1000)
 TINY_BACKBONE = dict(stem_width=8, first_block_width=8, stage_widths=[8, 8, 16, 16, 16, 16],
                      stage_depths=[2, 2, 1, 1, 1, 1], head_width=32)
 
