@@ -5,7 +5,6 @@ Searches are the tiny ones of test_search.py (8x8 digits, C=4, 3 cells, 7 steps 
 subprocess only where two processes are the point.
 """
 import dataclasses
-import errno
 import math
 import os
 import shutil
@@ -29,6 +28,7 @@ from unas_zoo.search.loop import FINAL_GENOTYPE, run_search
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 import search as search_cli  # noqa: E402
+from _faults import disk_full  # noqa: E402
 
 TINY_ARGS = ['--image-size', '8', '--init-channels', '4', '--layers', '3', '--batch-size', '96', '--val-fraction',
              '0.5', '--epochs', '2', '--warmup-epochs', '1', '--sampling', 'per_example', '--device', 'cpu',
@@ -59,15 +59,6 @@ def stopped_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp('search') / 'stopped'
     assert search_cli.main([*TINY_ARGS, '--output', str(out), '--stop-after-steps', '3']) == 0
     return out
-
-
-def disk_full():
-    """What torch.save into a Python file raises on a full disk (seen on a 4 MB tmpfs): torch's RuntimeError,
-    raised while handling the OSError of the write."""
-    try:
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-    except OSError:
-        raise RuntimeError('[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598')
 
 
 def copy_of(run: Path, tmp_path: Path) -> Path:

@@ -4,7 +4,6 @@ other settings, out-of-range values, unreadable checkpoints (issues 11 and 13).
 Runs are in-process on timm's ``test_efficientnet`` (0.1M params) and 16x16 digits (11 steps per epoch); a
 subprocess only where a process boundary is the point (exit code, a lock held by another process).
 """
-import errno
 import os
 import subprocess
 import sys
@@ -24,6 +23,7 @@ from unas_zoo._io import LOCK_FILE, OutputLockedError
 from unas_zoo.train_checkpoints import AtomicCheckpointSaver
 from unas_zoo.training import TrainingError, parse_train_args, read_checkpoint_args, train, train_main
 from unas_zoo.validation import validate, validate_parser
+from _faults import disk_full
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ['--model', 'test_efficientnet', '--dataset', 'digits', '--img-size', '16', '--batch-size', '128',
@@ -162,15 +162,6 @@ def test_full_disk_mid_run_keeps_the_last_checkpoint(tmp_path, monkeypatch, caps
 
 
 # ---------------------------------------------------------------------------------------------- atomic checkpoints
-
-def disk_full():
-    """What torch.save into a Python file raises on a full disk (seen on a 4 MB tmpfs): torch's RuntimeError,
-    raised while handling the OSError of the write."""
-    try:
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-    except OSError:
-        raise RuntimeError('[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598')
-
 
 class _Killed(BaseException):
     """Stands for SIGKILL: nothing after it runs (not even except-Exception handlers)."""
