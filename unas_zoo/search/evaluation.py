@@ -31,6 +31,7 @@ from ..data import DigitsDataset, dataset_info
 from ..genotypes import CIFAR_SEARCH_OPS, DartsGenotype
 from ..training import create_model, evaluate
 from .distributions import DartsCellDistribution
+from .outputs import batch_statistics
 
 __all__ = ['random_genotypes', 'DigitsTask', 'TrainProtocol', 'train_and_test', 'supernet_accuracy', 'percentile',
            'kendall_tau', 'mean_std']
@@ -146,19 +147,11 @@ def supernet_accuracy(supernet: nn.Module, dist: DartsCellDistribution, genotype
     """
     device = next(supernet.parameters()).device
     weights = dist.one_hot({k: torch.tensor(v, device=device) for k, v in dist.encode(genotype).items()})
-    saved = {name: b.clone() for name, b in supernet.named_buffers()}
-    was_training = supernet.training
-    supernet.eval()
-    for module in supernet.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            module.train()
     correct = 0
-    for i in range(0, len(y), batch_size):
-        logits = supernet(x[i:i + batch_size].to(device), weights)
-        correct += int((logits.argmax(-1).cpu() == y[i:i + batch_size]).sum())
-    for name, buffer in supernet.named_buffers():
-        buffer.copy_(saved[name])
-    supernet.train(was_training)
+    with batch_statistics(supernet):
+        for i in range(0, len(y), batch_size):
+            logits = supernet(x[i:i + batch_size].to(device), weights)
+            correct += int((logits.argmax(-1).cpu() == y[i:i + batch_size]).sum())
     return 100.0 * correct / len(y)
 
 

@@ -3,12 +3,14 @@ genotype's provenance, and the argmax architecture's validation score that each 
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import math
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -78,6 +80,24 @@ def write_epoch_outputs(out_dir: Path, genotype: Genotype, epoch: int, choices: 
     plot_probabilities(choices, history, out_dir / 'probabilities.png')
 
 
+@contextlib.contextmanager
+def batch_statistics(supernet: nn.Module) -> Iterator[None]:
+    """Evaluate a child inside the supernet: BN normalises with batch statistics (the running ones mix every sampled
+    child), everything else (dropout on the zero op) is in eval mode; buffers and the training mode are restored."""
+    saved = {name: buffer.clone() for name, buffer in supernet.named_buffers()}
+    was_training = supernet.training
+    supernet.eval()
+    for module in supernet.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.train()
+    try:
+        yield
+    finally:
+        for name, buffer in supernet.named_buffers():  # undo the running-statistics updates of this pass
+            buffer.copy_(saved[name])
+        supernet.train(was_training)
+
+
 @torch.no_grad()
 def evaluate_argmax(supernet: nn.Module, dist: ArchDistribution, stream: Stream, device: torch.device,
                     distributed: bool) -> tuple[float, float]:
@@ -87,21 +107,14 @@ def evaluate_argmax(supernet: nn.Module, dist: ArchDistribution, stream: Stream,
     afterwards; everything else (dropout on the zero op) is in eval mode. No RNG is consumed.
     """
     weights = dist.one_hot({k: torch.tensor(v, device=device) for k, v in dist.argmax().items()})
-    saved = {name: buffer.clone() for name, buffer in supernet.named_buffers()}
-    supernet.eval()
-    for module in supernet.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            module.train()
     totals = torch.zeros(3, dtype=torch.float64, device=device)
-    for images, targets in stream.one_pass(0):
-        images, targets = images.to(device), targets.to(device)
-        logits = supernet(images, weights)
-        totals += torch.tensor([float(F.cross_entropy(logits, targets, reduction='sum')),
-                                float((logits.argmax(-1) == targets).sum()), targets.shape[0]],
-                               dtype=torch.float64, device=device)
-    for name, buffer in supernet.named_buffers():  # undo the running-statistics updates of this pass
-        buffer.copy_(saved[name])
-    supernet.train()
+    with batch_statistics(supernet):
+        for images, targets in stream.one_pass(0):
+            images, targets = images.to(device), targets.to(device)
+            logits = supernet(images, weights)
+            totals += torch.tensor([float(F.cross_entropy(logits, targets, reduction='sum')),
+                                    float((logits.argmax(-1) == targets).sum()), targets.shape[0]],
+                                   dtype=torch.float64, device=device)
     if distributed:
         torch_dist.all_reduce(totals)
     return float(totals[0] / totals[2]), float(totals[1] / totals[2])
